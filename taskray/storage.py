@@ -1,0 +1,188 @@
+"""Where outputs go: a local folder or `s3://bucket/prefix`, behind one tiny interface.
+
+Every write is atomic: a reader sees either no file or the whole file. Locally that is a temp file in the
+same folder plus `os.replace`; on S3 a single PUT, or a multipart upload that boto3 aborts on failure,
+only becomes visible when complete. Jobs rely on this to be resumable: "the file exists" means "the file
+is finished".
+
+S3 settings come from the standard AWS environment and config files (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, ~/.aws/...), exactly as boto3 and pyarrow
+read them, so nothing taskray-specific needs configuring.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+# boto3 switches to multipart above this size; parts are uploaded in parallel and retried one by one.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+
+
+class StorageError(RuntimeError):
+    """The storage itself failed (unreachable, denied): an infrastructure problem, not bad data."""
+
+
+def is_s3(url: str) -> bool:
+    return url.startswith("s3://")
+
+
+def split_s3(url: str) -> tuple[str, str]:
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ValueError(f"{url!r}: an S3 URL needs a bucket, like s3://bucket/prefix")
+    return bucket, key.strip("/")
+
+
+def join(url: str, *parts: str) -> str:
+    return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts if p)])
+
+
+def _s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_client():
+    import boto3
+
+    return boto3.client("s3", endpoint_url=_s3_endpoint())
+
+
+def arrow_filesystem(url: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and path for `url`, for readers that want one (Ray Data, pyarrow.parquet).
+
+    Built explicitly (not from_uri) so a custom endpoint and plain-http servers work on every worker:
+    the filesystem object pickles with its options and travels with the Ray task.
+    """
+    if is_s3(url):
+        import boto3
+
+        creds = boto3.Session().get_credentials()
+        frozen = creds.get_frozen_credentials() if creds else None
+        endpoint = _s3_endpoint()
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+        fs = pafs.S3FileSystem(
+            access_key=frozen.access_key if frozen else None,
+            secret_key=frozen.secret_key if frozen else None,
+            session_token=frozen.token if frozen else None,
+            endpoint_override=endpoint,
+            scheme="http" if endpoint and endpoint.startswith("http://") else "https",
+            region=region,
+        )
+        bucket, key = split_s3(url)
+        return fs, f"{bucket}/{key}".rstrip("/")
+    if url.startswith("hf://"):
+        from huggingface_hub import HfFileSystem
+
+        return pafs.PyFileSystem(pafs.FSSpecHandler(HfFileSystem())), url.removeprefix("hf://")
+    return pafs.LocalFileSystem(), str(Path(url).resolve())
+
+
+@dataclass
+class Store:
+    """A folder (local or S3) that files are written into atomically and listed from."""
+
+    url: str
+
+    def path(self, rel: str) -> str:
+        return join(self.url, rel)
+
+    # -- reading -------------------------------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        if is_s3(self.url):
+            from botocore.exceptions import ClientError
+
+            bucket, key = split_s3(self.path(rel))
+            try:
+                self._s3().head_object(Bucket=bucket, Key=key)
+                return True
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise StorageError(f"cannot check {self.path(rel)}: {e}") from e
+        return Path(self.path(rel)).is_file()
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Relative names of the finished files under `prefix`, sorted."""
+        if is_s3(self.url):
+            bucket, root = split_s3(self.url)
+            full = "/".join(p for p in (root, prefix.strip("/")) if p)
+            names = []
+            for page in self._s3().get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=full + "/" if full else ""
+            ):
+                for obj in page.get("Contents", []):
+                    names.append(obj["Key"][len(root) + 1 if root else 0 :])
+            yield from sorted(names)
+            return
+        base = Path(self.url)
+        start = base / prefix if prefix else base
+        if not start.exists():
+            return
+        yield from sorted(
+            str(p.relative_to(base))
+            for p in start.rglob("*")
+            if p.is_file() and not any(part.startswith(".tmp-") for part in p.relative_to(base).parts)
+        )
+
+    def read_bytes(self, rel: str) -> bytes:
+        if is_s3(self.url):
+            bucket, key = split_s3(self.path(rel))
+            return self._s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return Path(self.path(rel)).read_bytes()
+
+    # -- writing (atomic) ----------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        if is_s3(self.url):
+            bucket, key = split_s3(self.path(rel))
+            self._s3().put_object(Bucket=bucket, Key=key, Body=data)
+            return
+        target = Path(self.path(rel))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".tmp-{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_file(self, rel: str, local_path: str | Path) -> None:
+        """Move a finished local file into the store (multipart upload on S3 for large files)."""
+        if is_s3(self.url):
+            from boto3.s3.transfer import TransferConfig
+
+            bucket, key = split_s3(self.path(rel))
+            self._s3().upload_file(
+                str(local_path), bucket, key, Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD)
+            )
+            return
+        target = Path(self.path(rel))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(local_path, target)
+
+    def delete(self, rel: str) -> None:
+        if is_s3(self.url):
+            bucket, key = split_s3(self.path(rel))
+            self._s3().delete_object(Bucket=bucket, Key=key)
+            return
+        Path(self.path(rel)).unlink(missing_ok=True)
+
+    def staging_dir(self) -> str:
+        """A local folder for files on their way into the store: same filesystem when local, so
+        `put_file` is a rename."""
+        if is_s3(self.url):
+            return tempfile.mkdtemp(prefix="taskray-")
+        Path(self.url).mkdir(parents=True, exist_ok=True)
+        return tempfile.mkdtemp(prefix=".tmp-", dir=self.url)
+
+    def _s3(self):
+        if not hasattr(self, "_client"):
+            self._client = s3_client()
+        return self._client
