@@ -1,0 +1,318 @@
+"""One warm sandbox container, driven over its attached stdin/stdout (docker SDK, no `docker exec`).
+
+`Sandbox.run(sources, timeout)` sends one job to the runner (sandbox/runner.py, the container's PID 1)
+and turns its answer into a `Result`. Everything that can go wrong on the way is sorted into the
+candidate's fault (failed/timeout/oom/error) or the infrastructure's (`InfraError`): a container that
+dies, a daemon that stops answering or a runner that breaks is never scored against the program.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+import socket
+import struct
+import time
+from dataclasses import asdict, dataclass
+
+from taskray.sandbox.image import IMAGE
+
+STATUSES = ("passed", "failed", "timeout", "oom", "error", "infra_error")
+SANDBOX_UID = 10001  # the image's non-root user (sandbox/Dockerfile)
+LABEL = "taskray"
+OWNER_LABEL = "taskray.owner"
+SESSION_LABEL = "taskray.session"
+START_TIMEOUT = 60.0  # a cold container answers in well under a second; a loaded daemon may need more
+GRACE = 3.0  # beyond the job's own timeout, before the host kills the container from outside
+
+
+class InfraError(RuntimeError):
+    """The sandbox machinery failed (daemon, container, runner): not the program's fault; retry."""
+
+
+@dataclass
+class Limits:
+    """Per-container resource limits. Memory has swap off (memswap == memory)."""
+
+    memory_mb: int = 512
+    pids: int = 64
+    cpus: float = 1.0
+    tmpfs_mb: int = 64
+    output_cap: int = 16384  # bytes kept of stdout and of stderr (the tail)
+
+
+@dataclass
+class Result:
+    status: str  # one of STATUSES
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    wall_time: float = 0.0
+    cpu_time: float = 0.0
+    detail: str = ""  # why: signal, taint, infra error text
+    attempts: int = 1
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def docker_client(timeout: int = 120):
+    """A docker SDK client, or a RuntimeError that says what is wrong in words."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        return client
+    except docker.errors.DockerException as e:
+        raise RuntimeError(
+            f"cannot reach the Docker daemon ({e}); start it (`bash scripts/start-dockerd.sh`) "
+            "and check that this user may use /var/run/docker.sock (root or the docker group)"
+        ) from e
+
+
+def process_start(pid: int) -> str | None:
+    """Start time of `pid` in clock ticks (tells a live owner from a reused pid), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{process_start(os.getpid())}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Whether the process named by an owner label still runs. Owners on other hosts count as alive."""
+    host, _, rest = owner.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    return process_start(int(pid)) == start
+
+
+def container_settings(limits: Limits, session: str) -> dict:
+    """Every isolation setting in one place (keyword arguments of `containers.create`)."""
+    from docker.types import LogConfig
+
+    scratch = "noexec,nosuid,nodev"
+    return dict(
+        network_mode="none",
+        mem_limit=f"{limits.memory_mb}m",
+        memswap_limit=f"{limits.memory_mb}m",  # equal to mem_limit: no swap
+        pids_limit=limits.pids,
+        nano_cpus=int(limits.cpus * 1e9),
+        read_only=True,
+        tmpfs={
+            "/work": f"size={limits.tmpfs_mb}m,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700,{scratch}",
+            "/tmp": f"size=16m,mode=1777,{scratch}",
+        },
+        shm_size="16m",
+        ipc_mode="private",
+        user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        init=False,  # the runner must be PID 1 (see sandbox/runner.py)
+        ulimits=[{"Name": "nofile", "Soft": 256, "Hard": 256}, {"Name": "core", "Soft": 0, "Hard": 0}],
+        log_config=LogConfig(type=LogConfig.types.NONE),  # protocol traffic must not pile up on disk
+        labels={LABEL: "1", OWNER_LABEL: owner_id(), SESSION_LABEL: session},
+        hostname="sandbox",
+    )
+
+
+class Sandbox:
+    """One running container with the runner as its main process; runs jobs one at a time."""
+
+    def __init__(self, client, limits: Limits | None = None, image: str = IMAGE, session: str = "adhoc"):
+        self.client, self.limits = client, limits or Limits()
+        self.usable = True  # False once the container must not see another job
+        self.jobs = 0
+        self._buf = bytearray()  # raw multiplexed bytes from the attach socket
+        self._out = bytearray()  # demultiplexed stdout of the runner
+        self._err = bytearray()  # the runner's own stderr (diagnostics only)
+        try:
+            self.container = client.containers.create(
+                # detach=False + stdin_open sets StdinOnce: see the attach comment below.
+                image, detach=False, stdin_open=True, tty=False,
+                **container_settings(self.limits, session),
+            )
+        except Exception as e:
+            raise InfraError(f"cannot create a sandbox container from {image}: {e}") from e
+        try:
+            # Attach before start so nothing the runner says is lost; StdinOnce makes the runner see
+            # EOF (and exit) when this socket closes, e.g. because this process died.
+            self._io = client.api.attach_socket(
+                self.container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+            self._sock = self._io._sock
+            self.container.start()
+            self.info = self._read_frame(time.monotonic() + START_TIMEOUT)
+        except Exception as e:
+            self.destroy()
+            raise InfraError(f"sandbox container did not start: {e}; runner said: {self._err_text()}") from e
+
+    @property
+    def id(self) -> str:
+        return self.container.id[:12]
+
+    # -- protocol -------------------------------------------------------------------------------------
+    def _recv_exact(self, n: int, deadline: float) -> bytes:
+        while len(self._buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            self._sock.settimeout(left)
+            chunk = self._sock.recv(1 << 16)
+            if not chunk:
+                raise EOFError("the container closed its output")
+            self._buf += chunk
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    def _read_stdout(self, n: int, deadline: float) -> bytes:
+        # Docker multiplexes stdout/stderr of a tty-less container: 8-byte header (stream, 0, 0, 0, size).
+        while len(self._out) < n:
+            head = self._recv_exact(8, deadline)
+            payload = self._recv_exact(struct.unpack(">I", head[4:])[0], deadline)
+            if head[0] == 1:
+                self._out += payload
+            else:
+                self._err = (self._err + payload)[-4000:]
+        data = bytes(self._out[:n])
+        del self._out[:n]
+        return data
+
+    def _read_frame(self, deadline: float) -> dict:
+        size = struct.unpack(">I", self._read_stdout(4, deadline))[0]
+        return json.loads(self._read_stdout(size, deadline))
+
+    def _send(self, obj: dict) -> None:
+        data = json.dumps(obj).encode()
+        self._sock.settimeout(30)
+        self._sock.sendall(struct.pack(">I", len(data)) + data)
+
+    def _err_text(self) -> str:
+        return self._err.decode("utf-8", "replace")[-1000:]
+
+    # -- jobs -----------------------------------------------------------------------------------------
+    def run(self, sources: list[str] | str, timeout: float = 10.0) -> Result:
+        """Run `sources` (compiled one by one, executed in one namespace) as one job.
+
+        Raises InfraError when the container or runner fails; the container is then unusable.
+        """
+        if not self.usable:
+            raise InfraError(f"sandbox {self.id} is retired")
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        nonce = secrets.token_hex(32)  # known to this process and the harness, never to the candidate
+        self.jobs += 1
+        start = time.monotonic()
+        try:
+            self._send({"id": self.jobs, "sources": sources, "nonce": nonce, "timeout": timeout,
+                        "output_cap": self.limits.output_cap})
+            reply = self._read_frame(start + timeout + GRACE)
+        except TimeoutError:
+            # The hard outer limit: no signal inside the container is trusted to end it.
+            self.usable = False
+            self.kill()
+            return Result("timeout", wall_time=time.monotonic() - start,
+                          detail=f"no answer within {timeout + GRACE:.1f}s; container killed from outside")
+        except (OSError, EOFError, ValueError) as e:
+            self.usable = False
+            if self._oom_killed():
+                return Result("oom", wall_time=time.monotonic() - start, detail="container OOM-killed")
+            said = self._err_text()
+            raise InfraError(f"sandbox {self.id} failed mid-job: {e!r}; runner said: {said}") from e
+        if reply.get("runner_error") or reply.get("id") != self.jobs:
+            self.usable = False
+            raise InfraError(f"sandbox {self.id} runner error: {reply.get('runner_error', reply)}")
+        return self._result(reply, nonce)
+
+    def _result(self, r: dict, nonce: str) -> Result:
+        if r["timed_out"]:
+            status = "timeout"
+        elif r["oom"]:
+            status = "oom"
+        elif hmac.compare_digest(r["verdict"].encode(), nonce.encode()):
+            status = "passed"
+        elif r["verdict"] == "compile-error":
+            status = "error"
+        else:
+            status = "failed"
+        if r["timed_out"] or r["oom"] or r["tainted"]:
+            self.usable = False  # what a job did to this container may affect the next one
+        detail = "; ".join(r["tainted"] + ([f"killed by signal {r['signal']}"] if r["signal"] else []))
+        return Result(
+            status, exit_code=r["exit_code"], stdout=r["stdout"], stderr=r["stderr"],
+            stdout_truncated=r["stdout_truncated"], stderr_truncated=r["stderr_truncated"],
+            wall_time=r["wall"], cpu_time=r["cpu"], detail=detail,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def _oom_killed(self) -> bool:
+        try:
+            self.container.reload()
+            return bool(self.container.attrs["State"].get("OOMKilled"))
+        except Exception:
+            return False
+
+    def kill(self) -> None:
+        try:
+            self.container.kill()
+        except Exception:
+            pass
+
+    def destroy(self) -> None:
+        """Remove the container (killing it first). Safe to call more than once."""
+        self.usable = False
+        for close in (getattr(self, "_sock", None), getattr(self, "_io", None)):
+            try:
+                close and close.close()
+            except Exception:
+                pass
+        try:
+            self.container.remove(force=True)
+        except Exception:
+            pass  # already gone; `taskray sandbox gc` catches anything else by label
+
+
+def run_once(sources: list[str] | str, timeout: float = 10.0, limits: Limits | None = None) -> Result:
+    """One job in a brand-new container (the `--fresh-container` path), removed afterwards."""
+    box = Sandbox(docker_client(), limits)
+    try:
+        return box.run(sources, timeout)
+    finally:
+        box.destroy()
+
+
+def leaked_containers(client, include_live_owners: bool = False) -> list:
+    """taskray containers whose owner process is gone (or all of them with include_live_owners)."""
+    found = client.containers.list(all=True, filters={"label": f"{LABEL}=1"})
+    return [c for c in found if include_live_owners or not owner_alive(c.labels.get(OWNER_LABEL, ""))]
+
+
+def gc(client=None, include_live_owners: bool = False) -> int:
+    """Remove leaked sandbox containers; returns how many."""
+    client = client or docker_client()
+    leaked = leaked_containers(client, include_live_owners)
+    for c in leaked:
+        try:
+            c.remove(force=True)
+        except Exception:
+            pass
+    return len(leaked)
+
+
+def new_session() -> str:
+    return secrets.token_hex(4)
+

@@ -1,0 +1,126 @@
+"""A warm pool of sandbox containers: jobs cost milliseconds, tainted containers are replaced.
+
+The pool keeps `size` started containers in a queue. A job takes one, runs, and gives it back -- unless
+the job timed out, hit OOM, left processes or files behind, or the container failed; then the container
+is removed and a fresh one is started in the background. Infrastructure failures are retried on another
+container (`retries` times) and only reported as `infra_error` when they keep happening.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from taskray.sandbox.client import InfraError, Limits, Result, Sandbox, docker_client, gc, new_session
+from taskray.sandbox.image import IMAGE, image_state
+
+WAIT_FOR_CONTAINER = 180.0  # seconds to wait for an idle container before calling it an infra failure
+
+
+class SandboxPool:
+    """`size` warm containers. `fresh=True` gives every job its own container (the paranoid mode)."""
+
+    def __init__(self, size: int = 2, limits: Limits | None = None, image: str = IMAGE, fresh: bool = False,
+                 retries: int = 2, client=None):
+        if size < 1:
+            raise ValueError(f"pool size {size}: need at least one container")
+        self.client = client or docker_client()
+        state = image_state(self.client, image)
+        if state != "ok":
+            raise RuntimeError(f"sandbox image {image} is {state}: run `taskray sandbox build`")
+        self.size, self.limits, self.image = size, limits or Limits(), image
+        self.fresh, self.retries = fresh, retries
+        self.session = new_session()
+        self.leaked_removed = gc(self.client)  # containers left by owners that crashed
+        self.replaced = 0
+        self._idle: queue.Queue[Sandbox | Exception] = queue.Queue()
+        self._all: set[Sandbox] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        # Maintenance (starting and removing containers) happens off the job path.
+        self._maint = ThreadPoolExecutor(max_workers=max(2, size), thread_name_prefix="sandbox-maint")
+        for f in [self._maint.submit(self._spawn) for _ in range(size)]:
+            f.result()
+
+    # -- containers -----------------------------------------------------------------------------------
+    def _spawn(self) -> None:
+        if self._closed:
+            return
+        try:
+            box = Sandbox(self.client, self.limits, self.image, self.session)
+        except InfraError as e:
+            self._idle.put(e)  # the waiting job sees the failure instead of hanging
+            return
+        with self._lock:
+            if self._closed:
+                box.destroy()
+                return
+            self._all.add(box)
+        self._idle.put(box)
+
+    def _retire(self, box: Sandbox) -> None:
+        with self._lock:
+            self._all.discard(box)
+        self.replaced += 1
+        try:
+            self._maint.submit(box.destroy)
+            self._maint.submit(self._spawn)
+        except RuntimeError:  # closing: no more maintenance
+            box.destroy()
+
+    def containers(self) -> list[str]:
+        with self._lock:
+            return [b.container.id for b in self._all]
+
+    # -- jobs -----------------------------------------------------------------------------------------
+    def run(self, sources: list[str] | str, timeout: float = 10.0) -> Result:
+        """Run one job; infra failures are retried on fresh containers before being reported."""
+        if self._closed:
+            raise RuntimeError("the sandbox pool is closed")
+        result = Result("infra_error")
+        for attempt in range(1, self.retries + 2):
+            try:
+                got = self._idle.get(timeout=WAIT_FOR_CONTAINER)
+            except queue.Empty:
+                got = InfraError(f"no sandbox container became free within {WAIT_FOR_CONTAINER:.0f}s")
+            if isinstance(got, Exception):
+                self._maint.submit(self._spawn)
+                result = Result("infra_error", detail=str(got))
+            else:
+                start = time.monotonic()
+                try:
+                    result = got.run(sources, timeout)
+                except InfraError as e:
+                    result = Result("infra_error", wall_time=time.monotonic() - start, detail=str(e))
+                if got.usable and not self.fresh:
+                    self._idle.put(got)
+                else:
+                    self._retire(got)
+            result.attempts = attempt
+            if result.status != "infra_error":
+                break
+        return result
+
+    def map(self, jobs: Iterable[tuple[list[str] | str, float]]) -> Iterator[Result]:
+        """Run (sources, timeout) jobs on all containers at once; results in input order."""
+        with ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="sandbox-job") as ex:
+            yield from ex.map(lambda job: self.run(*job), jobs)
+
+    def close(self) -> None:
+        """Remove every container of this pool (idempotent)."""
+        with self._lock:
+            self._closed = True
+            boxes = list(self._all)
+            self._all.clear()
+        self._maint.shutdown(wait=True)
+        for box in boxes:
+            box.destroy()
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
