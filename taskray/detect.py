@@ -1,0 +1,330 @@
+"""Decide, from a parsed blob, whether a task carries a verifier, of which kind, and on what evidence.
+
+The rule this replaces (from the article the project starts from) called a task verified when a member
+name contained one of ARTICLE_NAME_TOKENS or a JSON blob had a top-level key in ARTICLE_JSON_KEYS. It
+misses a plain Harbor task whose only verifier is `tests/test.sh`, and it flags `evaluation_notes.md`.
+
+Here every signal the article used is still recorded (so our signals are a superset of its), and more
+are added from the Harbor layout; but `has_verifier` is judged on evidence: a test script that writes
+the reward file, a test framework it runs, a family's data file, a non-empty test field. A name alone
+counts only for code or config that sits where a verifier would (root or tests/), matched as a word.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import yaml
+
+from taskray.blob import ParsedBlob
+
+ARTICLE_NAME_TOKENS = ("verifier", "verify", "grader", "judge", "score", "eval")
+ARTICLE_JSON_KEYS = (
+    "verifier",
+    "verifier_config",
+    "judge",
+    "grader",
+    "rubric",
+    "test_patch",
+    "FAIL_TO_PASS",
+    "tests",
+)
+# Test-carrying fields seen in JSON/JSONL problem rows (MBPP's test_list, APPS' input_output, ...).
+JSON_TEST_KEYS = ARTICLE_JSON_KEYS + (
+    "test_list",
+    "test_cases",
+    "input_output",
+    "test",
+    "fail_to_pass",
+    "unit_tests",
+    "verification_info",
+)
+JSON_ORACLE_KEYS = (
+    "canonical_solution",
+    "solution",
+    "solutions",
+    "reference_solution",
+    "answer",
+    "expected_answer",
+    "patch",
+)
+
+# Most specific family first: a SWE task also has a test.sh that writes the reward, but "swe_patch" is
+# what a user filtering for it wants to see.
+KINDS = (
+    "swe_patch",
+    "python_verifier",
+    "rubric_judge",
+    "io_cases",
+    "expected_output",
+    "pytest",
+    "legacy_tb",
+    "harbor_tests",
+    "json_tests",
+    "none",
+)
+HARBOR_REQUIRED = ("instruction.md", "task.toml", "environment/Dockerfile", "tests/test.sh")
+
+_REWARD = re.compile(r"/logs/verifier/reward\.(txt|json)|\breward\.(txt|json)\b")
+_PYTEST = re.compile(r"\bpytest\b")
+_NAME_WORD = re.compile(
+    r"(?:^|[^a-z])(verifier|verify|grader|grade|judge|scorer|score|evaluate|eval)(?:[^a-z]|$)"
+)
+_CODE_OR_CONFIG = (".py", ".sh", ".js", ".ts", ".rb", ".json", ".toml", ".yaml", ".yml")
+
+
+@dataclass
+class Detection:
+    has_verifier: bool = False
+    verifier_kind: str = "none"
+    verifier_signals: list[str] = field(default_factory=list)
+    has_oracle: bool = False
+    harbor_complete: bool = False
+    article_verified: bool = False  # the article's rule, kept for comparison and benchmarks
+    verifier_timeout_sec: float | None = None
+    agent_timeout_sec: float | None = None
+    cpus: float | None = None
+    memory_mb: int | None = None
+    allow_internet: bool | None = None
+    docker_image: str | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_ARTICLE_NAME = re.compile("|".join(ARTICLE_NAME_TOKENS))
+
+
+def article_name_hits(names: list[str]) -> list[str]:
+    return [n for n in names if _ARTICLE_NAME.search(n.lower())]
+
+
+def _nonempty(value: Any) -> bool:
+    return value not in (None, "", [], {}, "[]", "{}")
+
+
+def _memory_mb(env: dict) -> int | None:
+    if "memory_mb" in env:
+        return int(env["memory_mb"])
+    text = str(env.get("memory", "")).strip().upper()
+    m = re.fullmatch(r"([\d.]+)\s*([KMGT]?)I?B?", text)
+    if not m:
+        return None
+    scale = {"": 1 / 2**20, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}[m.group(2)]
+    return int(float(m.group(1)) * scale)
+
+
+_TOML_TABLE = re.compile(r"^\[([^\]]*)\]\s*$", re.M)
+
+
+def _load_task_toml(text: str) -> dict:
+    """Only the [verifier], [agent] and [environment] tables matter, and tomllib is pure Python: parsing
+    just those tables is 3x faster on real task.toml files. Anything unusual gets the full parse."""
+    heads = list(_TOML_TABLE.finditer(text))
+    parts = [
+        text[m.start() : heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+        for i, m in enumerate(heads)
+        if m.group(1).strip() in ("verifier", "agent", "environment")
+    ]
+    try:
+        return tomllib.loads("".join(parts))
+    except tomllib.TOMLDecodeError:
+        return tomllib.loads(text)
+
+
+def _read_task_config(parsed: ParsedBlob, det: Detection) -> None:
+    toml_text = parsed.text("task.toml")
+    if toml_text is not None:
+        try:
+            cfg = _load_task_toml(toml_text)
+        except tomllib.TOMLDecodeError:
+            det.verifier_signals.append("task.toml:unparseable")
+            return
+        env = cfg.get("environment", {}) or {}
+        det.verifier_timeout_sec = _float(cfg.get("verifier", {}).get("timeout_sec"))
+        det.agent_timeout_sec = _float(cfg.get("agent", {}).get("timeout_sec"))
+        det.cpus = _float(env.get("cpus"))
+        det.memory_mb = _memory_mb(env)
+        det.allow_internet = env.get("allow_internet")
+        det.docker_image = env.get("docker_image")
+        return
+    yaml_text = parsed.text("task.yaml")
+    if yaml_text is not None:  # older Terminal-Bench layout
+        try:
+            cfg = yaml.safe_load(yaml_text) or {}
+        except yaml.YAMLError:
+            det.verifier_signals.append("task.yaml:unparseable")
+            return
+        if isinstance(cfg, dict):
+            det.verifier_timeout_sec = _float(cfg.get("max_test_timeout_sec"))
+            det.agent_timeout_sec = _float(cfg.get("max_agent_timeout_sec"))
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _json_keys(obj: Any, signals: list[str], where: str) -> set[str]:
+    """Record article keys and test-carrying keys present with a non-empty value."""
+    found = set()
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key in ARTICLE_JSON_KEYS:
+                signals.append(f"{where}:key-{key}")
+            if key in JSON_TEST_KEYS or key.lower() in ("fail_to_pass", "pass_to_pass"):
+                if _nonempty(value):
+                    found.add(key.lower())
+    return found
+
+
+def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
+    names = parsed.members
+    sig = det.verifier_signals
+    kinds: set[str] = set()
+
+    test_sh = parsed.text("tests/test.sh")
+    if test_sh is not None:
+        sig.append("tests/test.sh:present")
+        if _REWARD.search(test_sh):
+            sig.append("tests/test.sh:writes-reward")
+            kinds.add("harbor_tests")
+        else:
+            sig.append("tests/test.sh:no-reward")
+        if _PYTEST.search(test_sh):
+            sig.append("tests/test.sh:runs-pytest")
+    runner = test_sh or ""
+
+    py_tests = [
+        n for n in names if n.startswith("tests/") and re.search(r"(^|/)(test_[^/]*|[^/]*_test)\.py$", n)
+    ]
+    if py_tests and (_PYTEST.search(runner) or "harbor_tests" in kinds):
+        sig.extend(f"{n}:pytest" for n in py_tests)
+        kinds.add("pytest")
+
+    expected = [n for n in names if n.startswith("tests/expected_output")]
+    if expected and ("expected_output" in runner or "harbor_tests" in kinds):
+        sig.extend(f"{n}:expected-output" for n in expected)
+        kinds.add("expected_output")
+
+    if "tests/test_data.json" in names:
+        sig.append("tests/test_data.json:io-cases")
+        kinds.add("io_cases")
+
+    config = parsed.text("tests/config.json")
+    if config is not None:
+        try:
+            keys = _json_keys(json.loads(config), sig, "tests/config.json")
+        except ValueError:
+            keys = set()
+            sig.append("tests/config.json:unparseable")
+        for k in ("fail_to_pass", "pass_to_pass"):
+            if k in keys:
+                sig.append(f"tests/config.json:{k.upper()}")
+                kinds.add("swe_patch")
+    for n in ("tests/test_patch.diff", "tests/trusted_test_paths.txt"):
+        if n in names:
+            sig.append(f"{n}:swe")
+            if "harbor_tests" in kinds or config is not None:
+                kinds.add("swe_patch")
+
+    if "tests/verifier.py" in names:
+        sig.append("tests/verifier.py:python-verifier")
+        kinds.add("python_verifier")
+        if "tests/verifier_data.json" in names:
+            sig.append("tests/verifier_data.json:verifier-data")
+
+    for n in names:
+        base = n.rsplit("/", 1)[-1]
+        if (
+            n.count("/") <= 1
+            and n.endswith(".toml")
+            and n != "task.toml"
+            and (n.count("/") == 0 or n.startswith("tests/"))
+        ):
+            text = parsed.text(n) or ""
+            if (
+                "judge" in base
+                or "rubric" in base
+                or re.search(r"^\s*\[?(rubric|judge|criteria)", text, re.M)
+            ):
+                sig.append(f"{n}:rubric")
+                kinds.add("rubric_judge")
+
+    if "task.yaml" in names and ("run-tests.sh" in names or any(n.startswith("tests/") for n in names)):
+        sig.append("task.yaml:legacy-tb")
+        if "run-tests.sh" in names:
+            sig.append("run-tests.sh:legacy-tb")
+            kinds.add("legacy_tb")
+
+    # The article's name rule, kept as signals; a name is evidence only for code or config in a verifier's
+    # place, matched as a word ("retrieval.py" and "evaluation_notes.md" are not verifiers).
+    for n in article_name_hits(list(names)):
+        base = n.rsplit("/", 1)[-1].lower()
+        sig.append(f"{n}:name")
+        in_place = n.count("/") == 0 or n.startswith("tests/")
+        is_code = base.endswith(_CODE_OR_CONFIG) or "." not in base
+        if in_place and is_code and _NAME_WORD.search(base.rsplit(".", 1)[0]) and parsed.members[n] > 0:
+            sig.append(f"{n}:verifier-name")
+            kinds.add("python_verifier" if base.endswith(".py") else "harbor_tests")
+
+    article_json = False
+    for n in names:
+        if n.endswith(".json") and n in parsed.files and n != "tests/config.json":
+            try:
+                obj = json.loads(parsed.files[n])
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and any(k in obj for k in ARTICLE_JSON_KEYS):
+                article_json = True
+                _json_keys(obj, sig, n)
+
+    det.harbor_complete = all(n in names for n in HARBOR_REQUIRED)
+    det.has_oracle = any(names.get(n, 0) > 0 for n in ("solution/solve.sh", "solution.sh")) or any(
+        n.startswith("solution/") and names[n] > 0 for n in names
+    )
+    det.verifier_kind = next((k for k in KINDS if k in kinds), "none")
+    det.article_verified = (
+        bool(article_name_hits(list(names)))
+        or article_json
+        or any(s.startswith("tests/config.json:key-") for s in sig)
+    )
+    _read_task_config(parsed, det)
+
+
+def _detect_json(parsed: ParsedBlob, det: Detection) -> None:
+    rows = parsed.data if parsed.format == "jsonl" else [parsed.data]
+    keys: set[str] = set()
+    for i, row in enumerate(rows):
+        # the article's keys are recorded once (first row); test fields are looked for in every row
+        keys |= _json_keys(row, det.verifier_signals if i == 0 else [], "json")
+    det.verifier_signals.extend(f"json:{k}" for k in sorted(keys))
+    det.article_verified = (
+        parsed.format == "json"
+        and isinstance(parsed.data, dict)
+        and any(k in parsed.data for k in ARTICLE_JSON_KEYS)
+    )
+    if keys:
+        det.verifier_kind = "json_tests"
+    det.has_oracle = any(
+        isinstance(r, dict) and any(_nonempty(r.get(k)) for k in JSON_ORACLE_KEYS) for r in rows
+    )
+
+
+def detect(parsed: ParsedBlob) -> Detection:
+    """Verifier evidence for one parsed blob. Pure: the same blob always gives the same answer."""
+    det = Detection()
+    if parsed.error:
+        return det
+    if parsed.format in ("tar", "zip"):
+        _detect_archive(parsed, det)
+    elif parsed.format in ("json", "jsonl"):
+        _detect_json(parsed, det)
+    det.has_verifier = det.verifier_kind != "none"
+    return det

@@ -1,0 +1,334 @@
+"""The scan job: stream TaskTrove shards through Ray Data, detect verifiers, write a resumable catalog.
+
+The unit of work is a *piece*: a run of row groups of one input parquet file. Each piece is read, parsed
+and written by one Ray Data task to its own output file, named after the input file and row range, so:
+
+- exactly once: a piece's output is written atomically (see storage.py), so "the file exists" means
+  "the piece is finished"; a rerun after a crash skips finished pieces and redoes the rest;
+- bounded memory: a worker holds one batch of blobs at a time and keeps only the small catalog rows;
+  blobs never cross the object store and nothing shuffles them;
+- the plan (which pieces, from which inputs) is saved as `plan.json`; rerunning into the same DEST
+  with different inputs is refused instead of silently mixing two scans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from taskray.blob import parse_blob
+from taskray.detect import detect
+from taskray.sources import list_shards
+from taskray.storage import Store, arrow_filesystem
+
+ROWS_PER_PIECE = 20_000
+BATCH_ROWS = 256  # blobs held in memory at once per worker
+
+CATALOG_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("path", pa.string()),
+        ("shard", pa.string()),  # the input file, so export/sample can fetch the blob again
+        ("row", pa.int64()),  # row index within that file
+        ("format", pa.string()),
+        ("compression", pa.string()),
+        ("compressed_bytes", pa.int64()),
+        ("raw_bytes", pa.int64()),  # decompressed: member bytes for archives, the payload otherwise
+        ("n_files", pa.int32()),
+        ("n_skipped", pa.int32()),  # unsafe or non-regular members that were dropped
+        ("has_verifier", pa.bool_()),
+        ("verifier_kind", pa.string()),
+        ("verifier_signals", pa.list_(pa.string())),
+        ("has_oracle", pa.bool_()),
+        ("harbor_complete", pa.bool_()),
+        ("article_verified", pa.bool_()),
+        ("verifier_timeout_sec", pa.float64()),
+        ("agent_timeout_sec", pa.float64()),
+        ("cpus", pa.float64()),
+        ("memory_mb", pa.int64()),
+        ("allow_internet", pa.bool_()),
+        ("docker_image", pa.string()),
+        ("error", pa.string()),
+        ("blob_sha256", pa.string()),
+    ]
+)
+_DETECTION_COLUMNS = (
+    "has_verifier",
+    "verifier_kind",
+    "verifier_signals",
+    "has_oracle",
+    "harbor_complete",
+    "article_verified",
+    "verifier_timeout_sec",
+    "agent_timeout_sec",
+    "cpus",
+    "memory_mb",
+    "allow_internet",
+    "docker_image",
+)
+
+
+def scan_blobs(
+    source: str, shard: str, first_row: int, paths: list[str], blobs: list[bytes]
+) -> dict[str, list]:
+    """Catalog columns for a batch of rows. Pure: no Ray, no I/O; the same bytes give the same rows."""
+    cols: dict[str, list] = {name: [] for name in CATALOG_SCHEMA.names}
+    for i, (path, blob) in enumerate(zip(paths, blobs)):
+        blob = blob or b""
+        parsed = parse_blob(blob)
+        det = detect(parsed)
+        cols["source"].append(source)
+        cols["path"].append(path)
+        cols["shard"].append(shard)
+        cols["row"].append(first_row + i)
+        cols["format"].append(parsed.format)
+        cols["compression"].append(parsed.compression)
+        cols["compressed_bytes"].append(len(blob))
+        cols["raw_bytes"].append(parsed.raw_bytes)
+        cols["n_files"].append(parsed.n_files)
+        cols["n_skipped"].append(len(parsed.skipped))
+        for name in _DETECTION_COLUMNS:
+            cols[name].append(getattr(det, name))
+        cols["error"].append(parsed.error)
+        cols["blob_sha256"].append(hashlib.sha256(blob).hexdigest())
+    return cols
+
+
+@dataclass(frozen=True)
+class Piece:
+    source: str
+    shard: str
+    start: int  # first row (inclusive), in the file's row numbering
+    stop: int  # last row (exclusive)
+    row_groups: tuple[int, ...]
+    out: str  # relative path of the piece's catalog file
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^\w.=-]+", "_", text).strip("._") or "_"
+
+
+def plan_pieces(shards, limit: int | None = None, rows_per_piece: int = ROWS_PER_PIECE) -> list[Piece]:
+    """Split every shard into runs of whole row groups of about `rows_per_piece` rows (reads footers)."""
+    pieces: list[Piece] = []
+    remaining = limit if limit is not None else float("inf")
+    for shard in shards:
+        fs, path = arrow_filesystem(shard.url)
+        with fs.open_input_file(path) as f:
+            meta = pq.ParquetFile(f).metadata
+        stem = _safe(Path(shard.url).stem)
+        row, group, groups = 0, [], []
+        for rg in range(meta.num_row_groups):
+            group.append((rg, meta.row_group(rg).num_rows))
+            if sum(n for _, n in group) >= rows_per_piece or rg == meta.num_row_groups - 1:
+                groups.append(group)
+                group = []
+        for group in groups:
+            n = sum(k for _, k in group)
+            take = int(min(n, remaining))
+            if take <= 0:
+                break
+            out = f"catalog/{_safe(shard.source)}/{stem}.{row:010d}-{row + take:010d}.parquet"
+            pieces.append(Piece(shard.source, shard.url, row, row + take, tuple(g for g, _ in group), out))
+            row += n
+            remaining -= take
+        if remaining <= 0:
+            break
+    return pieces
+
+
+def scan_piece(item: dict, out_url: str) -> dict:
+    """Ray Data task: read one piece's rows, build its catalog rows, write them atomically."""
+    piece = Piece(**{**item, "row_groups": tuple(item["row_groups"])})
+    started = time.perf_counter()
+    fs, path = arrow_filesystem(piece.shard)
+    store = Store(out_url)
+    parts, row, compressed = [], piece.start, 0
+    with fs.open_input_file(path) as f:
+        pf = pq.ParquetFile(f)
+        for batch in pf.iter_batches(
+            batch_size=BATCH_ROWS, row_groups=list(piece.row_groups), columns=["path", "task_binary"]
+        ):
+            take = min(batch.num_rows, piece.stop - row)
+            if take <= 0:
+                break
+            paths = batch.column(0).to_pylist()[:take]
+            blobs = batch.column(1).to_pylist()[:take]
+            compressed += sum(len(b or b"") for b in blobs)
+            parts.append(
+                pa.table(scan_blobs(piece.source, piece.shard, row, paths, blobs), schema=CATALOG_SCHEMA)
+            )
+            row += take
+            del batch, blobs  # the blob column goes as soon as it is parsed
+    table = pa.concat_tables(parts) if parts else CATALOG_SCHEMA.empty_table()
+    staging = store.staging_dir()
+    try:
+        local = Path(staging) / "piece.parquet"
+        pq.write_table(table, local, compression="zstd")
+        store.put_file(piece.out, local)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {
+        "out": piece.out,
+        "rows": table.num_rows,
+        "compressed_bytes": compressed,
+        "verified": int(pc.sum(table["has_verifier"]).as_py() or 0),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+@dataclass
+class ScanResult:
+    out: str
+    pieces: int
+    skipped_pieces: int
+    rows_scanned: int
+    seconds: float
+    summary: dict
+
+
+def _check_plan(store: Store, source: str, pieces: list[Piece]) -> None:
+    plan = {"version": 1, "source": source, "pieces": [asdict(p) for p in pieces]}
+    plan["pieces"] = [{**p, "row_groups": list(p["row_groups"])} for p in plan["pieces"]]
+    if store.exists("plan.json"):
+        old = json.loads(store.read_bytes("plan.json"))
+        if old.get("pieces") != plan["pieces"]:
+            raise SystemExit(
+                f"--out {store.url} already holds a scan of different inputs (SOURCE, --source-filter or "
+                "--limit changed, or the shards did); use another --out, or delete it to start over"
+            )
+        return
+    store.write_bytes("plan.json", json.dumps(plan, indent=1).encode())
+
+
+def _clean_staging(store: Store) -> None:
+    """Temp folders from a crashed local run: never read, but no need to keep them."""
+    root = Path(store.url)
+    if not store.url.startswith("s3://") and root.is_dir():
+        for tmp in root.glob(".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scan(
+    source: str,
+    out: str,
+    source_filter: str | None = None,
+    limit: int | None = None,
+    num_cpus: int | None = None,
+    rows_per_piece: int = ROWS_PER_PIECE,
+    report: bool = True,
+    log=print,
+) -> ScanResult:
+    """Scan SOURCE into OUT (catalog/, summary.json, report.html). Resumable; see the module docstring."""
+    import ray
+
+    from taskray.raycluster import init_ray
+
+    started = time.perf_counter()
+    shards = list_shards(source, source_filter)
+    pieces = plan_pieces(shards, limit, rows_per_piece)
+    store = Store(out)
+    _check_plan(store, source, pieces)
+    _clean_staging(store)
+    done = set(store.list("catalog"))
+    todo = [p for p in pieces if p.out.removeprefix("catalog/") not in done]
+    total_rows = sum(p.rows for p in pieces)
+    log(
+        f"[scan] {len(shards)} shards, {len(pieces)} pieces, {total_rows:,} tasks; "
+        f"{len(pieces) - len(todo)} pieces already done"
+    )
+    rows = 0
+    if todo:
+        init_ray(num_cpus)
+        items = [{**asdict(p), "row_groups": list(p.row_groups)} for p in todo]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map(scan_piece, fn_kwargs={"out_url": out}, num_cpus=1)
+        last_log, finished, nbytes = 0.0, 0, 0
+        for stats in ds.iter_rows():
+            finished += 1
+            rows += stats["rows"]
+            nbytes += stats["compressed_bytes"]
+            now = time.perf_counter()
+            if now - last_log > 2 or finished == len(todo):
+                rate = rows / max(now - started, 1e-9)
+                log(
+                    f"[scan] {finished}/{len(todo)} pieces | {rows:,} tasks | {rate:,.0f} tasks/s | "
+                    f"{nbytes / max(now - started, 1e-9) / 1e6:.1f} MB/s"
+                )
+                last_log = now
+    summary = {}
+    if report:
+        from taskray.report import write_report
+
+        summary = write_report(store)
+        log(f"[scan] wrote {store.path('summary.json')} and {store.path('report.html')}")
+    return ScanResult(out, len(pieces), len(pieces) - len(todo), rows, time.perf_counter() - started, summary)
+
+
+# --- built-in sample --------------------------------------------------------------------------------------
+SAMPLE_TASKS = 400
+
+
+def builtin_sample() -> str:
+    """A small synthetic corpus (all families, decoys, bombs), generated once into the user cache."""
+    from taskray.synth import synth_corpus
+
+    folder = Path.home() / ".cache" / "taskray" / f"sample-{SAMPLE_TASKS}"
+    if not (folder / "done").exists():
+        synth_corpus(folder, SAMPLE_TASKS, sources=4, seed=0)
+        (folder / "done").write_text("ok\n")
+    return str(folder)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        help="Hub id (open-thoughts/TaskTrove), hf://datasets/...@rev, s3://bucket/prefix or "
+        "a folder of <source>/tasks.parquet; default: the built-in sample",
+    )
+    parser.add_argument("--out", default="taskray-out/scan", help="local folder or s3://bucket/prefix")
+    parser.add_argument("--source-filter", default=None, help="regex on the source (folder) name")
+    parser.add_argument("--limit", type=int, default=None, help="scan at most N tasks")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    parser.add_argument("--rows-per-piece", type=int, default=ROWS_PER_PIECE, help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit("taskray scan: --limit must be >= 1")
+    if args.source_filter:
+        try:
+            re.compile(args.source_filter)
+        except re.error as e:
+            raise SystemExit(
+                f"taskray scan: --source-filter {args.source_filter!r} is not a regex: {e}"
+            ) from None
+    source = args.source or builtin_sample()
+    try:
+        result = scan(source, args.out, args.source_filter, args.limit, args.num_cpus, args.rows_per_piece)
+    except FileNotFoundError as e:
+        print(f"taskray scan: {e}", file=sys.stderr)
+        return 2
+    s = result.summary.get("total", {})
+    print(
+        f"scanned {s.get('n', 0):,} tasks in {result.seconds:.1f}s: {s.get('verified', 0):,} verified "
+        f"({100 * s.get('verifier_rate', 0):.1f}%), {s.get('errors', 0):,} errors -> {result.out}"
+    )
+    return 0

@@ -1,0 +1,369 @@
+"""A deterministic synthetic TaskTrove corpus: every verifier family, other blob shapes, decoys and attacks.
+
+Same arguments, same bytes: tar/gzip headers carry fixed mtimes and owners, and all choices come from one
+seeded RNG. The family of each task is in its `path` (`<family>/<n>`), which detection never reads, so
+tests can compare what was detected with what was generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import random
+import tarfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from taskray.blob import DEFAULT_LIMITS
+
+SCHEMA = pa.schema([("path", pa.string()), ("task_binary", pa.binary())])
+
+# family -> the verifier_kind detection must report (None: not a verifier; "error": an error row)
+EXPECTED_KIND: dict[str, str | None] = {
+    "harbor_plain": "harbor_tests",
+    "pytest": "pytest",
+    "pytest_zip": "pytest",
+    "pytest_rooted": "pytest",
+    "pytest_xz": "pytest",
+    "expected_output": "expected_output",
+    "code_contests": "io_cases",
+    "swe": "swe_patch",
+    "swe_lower": "swe_patch",
+    "python_verifier": "python_verifier",
+    "rubric": "rubric_judge",
+    "legacy_tb": "legacy_tb",
+    "json_problem": "json_tests",
+    "jsonl_problems": "json_tests",
+    "traversal": "pytest",  # the attack members are dropped; the rest is a fine task
+    "no_verifier": None,
+    "decoy": None,
+    "test_sh_no_reward": None,
+    "text": None,
+    "junk": None,
+    "truncated": "error",
+    "corrupt_gzip": "error",
+    "gzip_bomb": "error",
+    "zip_bomb": "error",
+}
+# Relative frequencies: mostly real-looking tasks, a sprinkle of the nasty ones.
+WEIGHTS = {f: 10 for f in EXPECTED_KIND} | {"gzip_bomb": 1, "zip_bomb": 1, "truncated": 2, "corrupt_gzip": 2}
+
+TASK_TOML = """version = "1.0"
+
+[metadata]
+difficulty = "{difficulty}"
+category = "synthetic"
+tags = ["synth", "{family}"]
+
+[verifier]
+timeout_sec = {verifier_timeout}
+
+[agent]
+timeout_sec = {agent_timeout}
+
+[environment]
+build_timeout_sec = 600.0
+cpus = {cpus}
+memory_mb = {memory_mb}
+allow_internet = {allow_internet}
+docker_image = "example.org/synth/{family}:{n}"
+"""
+DOCKERFILE = "FROM ubuntu:24.04\nWORKDIR /app\n"
+REWARD_TAIL = (
+    "if [ $? -eq 0 ]; then echo 1 > /logs/verifier/reward.txt; else echo 0 > /logs/verifier/reward.txt; fi\n"
+)
+
+
+def _tar(files: dict[str, bytes | str], prefix: str = "./", compress: str = "gz", extra=None) -> bytes:
+    buf = io.BytesIO()
+    mode = {"gz": "w", "xz": "w:xz"}[compress]
+    with tarfile.open(fileobj=buf, mode=mode, format=tarfile.GNU_FORMAT) as tar:
+        for name, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(prefix + name)
+            info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra or ():
+            tar.addfile(info)
+    raw = buf.getvalue()
+    return gzip.compress(raw, mtime=0) if compress == "gz" else raw
+
+
+def _zip(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, content in files.items():
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), content)
+    return buf.getvalue()
+
+
+def _harbor(rng: random.Random, family: str, n: int, tests: dict[str, str], solution: bool = True) -> dict:
+    words = " ".join(
+        rng.choice(["parse", "fix", "build", "log", "regex", "server", "json", "sort"]) for _ in range(8)
+    )
+    files = {
+        "instruction.md": f"# Task {family} {n}\n\nPlease {words}.\n" + "Details. " * rng.randint(5, 300),
+        "task.toml": TASK_TOML.format(
+            difficulty=rng.choice(["easy", "medium", "hard"]),
+            family=family,
+            n=n,
+            verifier_timeout=float(rng.choice([120, 300, 900])),
+            agent_timeout=float(rng.choice([300, 900])),
+            cpus=rng.choice([1, 2]),
+            memory_mb=rng.choice([2048, 4096]),
+            allow_internet=rng.choice(["true", "false"]),
+        ),
+        "environment/Dockerfile": DOCKERFILE,
+        **tests,
+    }
+    if solution:
+        files["solution/solve.sh"] = f"#!/bin/bash\necho 'solution {n}' > /app/out.txt\n"
+    return files
+
+
+def _pytest_tests(n: int) -> dict[str, str]:
+    return {
+        "tests/test.sh": "#!/bin/bash\nuv run pytest /tests/test_outputs.py -rA\n" + REWARD_TAIL,
+        "tests/test_outputs.py": f"def test_out():\n    assert open('/app/out.txt').read() == 'solution {n}\\n'\n",
+    }
+
+
+_bomb_cache: dict[str, bytes] = {}
+
+
+def _gzip_bomb() -> bytes:
+    if "gz" not in _bomb_cache:
+        _bomb_cache["gz"] = gzip.compress(b"\0" * (DEFAULT_LIMITS.max_raw_bytes + 1024 * 1024), 9, mtime=0)
+    return _bomb_cache["gz"]
+
+
+def _zip_bomb() -> bytes:
+    if "zip" not in _bomb_cache:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for i in range(3):
+                zf.writestr(f"layer{i}.bin", b"\0" * (DEFAULT_LIMITS.max_raw_bytes // 2))
+        _bomb_cache["zip"] = buf.getvalue()
+    return _bomb_cache["zip"]
+
+
+def make_blob(family: str, n: int, rng: random.Random) -> bytes:
+    """One task blob of the given family."""
+    builders: dict[str, Callable[[], bytes]] = {
+        "harbor_plain": lambda: _tar(
+            _harbor(rng, family, n, {"tests/test.sh": "#!/bin/bash\ntest -f /app/out.txt\n" + REWARD_TAIL})
+        ),
+        "pytest": lambda: _tar(_harbor(rng, family, n, _pytest_tests(n))),
+        "pytest_zip": lambda: _zip(_harbor(rng, family, n, _pytest_tests(n))),
+        "pytest_rooted": lambda: _tar(_harbor(rng, family, n, _pytest_tests(n)), prefix=f"task-{n}/"),
+        "pytest_xz": lambda: _tar(_harbor(rng, family, n, _pytest_tests(n)), compress="xz"),
+        "expected_output": lambda: _tar(
+            _harbor(
+                rng,
+                family,
+                n,
+                {
+                    "tests/test.sh": "#!/bin/bash\nbash /app/cmd.sh | diff - /tests/expected_output.txt\n"
+                    + REWARD_TAIL,
+                    "tests/expected_output.txt": f"line {n}\n",
+                },
+            )
+        ),
+        "code_contests": lambda: _tar(
+            _harbor(
+                rng,
+                family,
+                n,
+                {
+                    "tests/test.sh": "#!/bin/bash\npython3 /tests/test_state.py\n" + REWARD_TAIL,
+                    "tests/test_state.py": "import json\ncases = json.load(open('/tests/test_data.json'))\n",
+                    "tests/test_data.json": json.dumps({"inputs": [str(n)], "outputs": [str(n * 2)]}),
+                },
+            )
+        ),
+        "swe": lambda: _tar(
+            _harbor(
+                rng,
+                family,
+                n,
+                {
+                    "tests/test.sh": "#!/bin/bash\ncd /testbed && git apply /tests/test_patch.diff && pytest\n"
+                    + REWARD_TAIL,
+                    "tests/config.json": json.dumps(
+                        {"instance_id": f"repo__{n}", "FAIL_TO_PASS": ["t::a"], "PASS_TO_PASS": ["t::b"]}
+                    ),
+                    "tests/test_patch.diff": "--- a/t.py\n+++ b/t.py\n@@ -1 +1 @@\n-a\n+b\n",
+                },
+            )
+        ),
+        "swe_lower": lambda: _tar(
+            _harbor(
+                rng,
+                family,
+                n,
+                {
+                    "tests/test.sh": "#!/bin/bash\ncd /testbed && pytest\n" + REWARD_TAIL,
+                    "tests/config.json": json.dumps({"fail_to_pass": ["t::a"], "pass_to_pass": []}),
+                    "tests/trusted_test_paths.txt": "t.py\n",
+                },
+            )
+        ),
+        "python_verifier": lambda: _tar(
+            _harbor(
+                rng,
+                family,
+                n,
+                {
+                    "tests/test.sh": "#!/bin/bash\npython3 /tests/verifier.py\n",
+                    "tests/verifier.py": "import json\nd = json.load(open('/tests/verifier_data.json'))\n"
+                    "open('/logs/verifier/reward.txt', 'w').write('1')\n",
+                    "tests/verifier_data.json": json.dumps(
+                        {"expected_answer": str(n), "output_regex": r"\d+"}
+                    ),
+                },
+            )
+        ),
+        "rubric": lambda: _tar(
+            _harbor(
+                rng,
+                family,
+                n,
+                {
+                    "tests/test.sh": "#!/bin/bash\npython3 -m judge /tests/judge.toml > /logs/verifier/reward.json\n",
+                    "tests/judge.toml": '[rubric]\ncriteria = ["correct", "concise"]\nmodel = "judge-model"\n',
+                },
+            )
+        ),
+        "legacy_tb": lambda: _tar(
+            {
+                "task.yaml": f"instruction: do thing {n}\nmax_agent_timeout_sec: 360\nmax_test_timeout_sec: 60\n",
+                "run-tests.sh": "#!/bin/bash\npytest $TEST_DIR/test_outputs.py\n",
+                "solution.sh": "#!/bin/bash\necho ok\n",
+                "Dockerfile": DOCKERFILE,
+                "tests/test_outputs.py": "def test_ok():\n    assert True\n",
+            }
+        ),
+        "json_problem": lambda: json.dumps(
+            {
+                "problem": f"Return {n} doubled.",
+                "tests": [{"input": str(n), "output": str(2 * n)}],
+                "solution": "print(int(input()) * 2)",
+            }
+        ).encode(),
+        "jsonl_problems": lambda: "\n".join(
+            json.dumps({"text": f"Write f{i}.", "test_list": [f"assert f{i}() == {i}"]}) for i in range(3)
+        ).encode(),
+        "traversal": lambda: _tar(
+            _harbor(
+                rng,
+                family,
+                n,
+                {
+                    **_pytest_tests(n),
+                    "../../escape.sh": "echo pwned",
+                    "/etc/cron.d/evil": "* * * * * root id",
+                },
+            ),
+            extra=[
+                _link("tests/link-to-passwd", "/etc/passwd"),
+                _link("tests/hard", "../../etc/shadow", hard=True),
+                _device("dev/sda"),
+            ],
+        ),
+        "no_verifier": lambda: _tar(_harbor(rng, family, n, {}, solution=rng.random() < 0.5)),
+        "decoy": lambda: _tar(
+            _harbor(
+                rng,
+                family,
+                n,
+                {
+                    "evaluation_notes.md": "Notes on how we might eval this later.\n",
+                    "README.md": "This task has no verifier yet; a grader and judge will come.\n",
+                    "data/retrieval_scores.csv": "a,b\n1,2\n",
+                },
+            )
+        ),
+        "test_sh_no_reward": lambda: _tar(
+            _harbor(rng, family, n, {"tests/test.sh": "#!/bin/bash\nexit 0\n"})
+        ),
+        "text": lambda: f"Solve problem {n}: what is {n} + {n}?\n".encode(),
+        "junk": lambda: rng.randbytes(rng.randint(16, 512)).replace(b"\x1f\x8b", b"xx").replace(b"PK", b"pk"),
+        "truncated": lambda: _tar(_harbor(rng, family, n, _pytest_tests(n)))[: rng.randint(20, 200)],
+        "corrupt_gzip": lambda: b"\x1f\x8b\x08\x00" + rng.randbytes(200),
+        "gzip_bomb": _gzip_bomb,
+        "zip_bomb": _zip_bomb,
+    }
+    return builders[family]()
+
+
+def _link(name: str, target: str, hard: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo("./" + name)
+    info.type, info.linkname, info.mtime = (
+        (tarfile.LNKTYPE if hard else tarfile.SYMTYPE),
+        target,
+        1_700_000_000,
+    )
+    return info
+
+
+def _device(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo("./" + name)
+    info.type, info.devmajor, info.devminor, info.mtime = tarfile.BLKTYPE, 8, 0, 1_700_000_000
+    return info
+
+
+def family_of(path: str) -> str:
+    return path.split("/", 1)[0]
+
+
+def synth_corpus(
+    out: str | Path,
+    tasks: int,
+    sources: int = 4,
+    seed: int = 0,
+    families: list[str] | None = None,
+    row_group_size: int = 2000,
+) -> list[Path]:
+    """Write `sources` folders `synth__source-<i>/tasks.parquet` holding `tasks` rows in all."""
+    rng = random.Random(seed)
+    families = families or list(EXPECTED_KIND)
+    weights = [WEIGHTS[f] for f in families]
+    out = Path(out)
+    written = []
+    for s in range(sources):
+        count = tasks // sources + (1 if s < tasks % sources else 0)
+        paths, blobs = [], []
+        for i in range(count):
+            family = rng.choices(families, weights)[0]
+            n = s * 1_000_000 + i
+            paths.append(f"{family}/{n}")
+            blobs.append(make_blob(family, n, rng))
+        folder = out / f"synth__source-{s}"
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pa.table({"path": paths, "task_binary": blobs}, schema=SCHEMA)
+        tmp = folder / ".tasks.parquet.tmp"
+        pq.write_table(table, tmp, row_group_size=row_group_size, compression="none")
+        tmp.replace(folder / "tasks.parquet")
+        written.append(folder / "tasks.parquet")
+    return written
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", help="folder to write <source>/tasks.parquet shards into")
+    parser.add_argument("--tasks", type=int, default=1000, help="number of task rows in all")
+    parser.add_argument("--sources", type=int, default=4, help="number of source folders")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.tasks < 0 or args.sources < 1:
+        raise SystemExit("taskray synth: --tasks must be >= 0 and --sources >= 1")
+    files = synth_corpus(args.out, args.tasks, args.sources, args.seed)
+    print(f"wrote {args.tasks} tasks in {len(files)} shards under {args.out}")
+    return 0

@@ -1,0 +1,221 @@
+"""Blob parsing: every format, and every way a blob can be hostile or broken."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import lzma
+import random
+import tarfile
+import tracemalloc
+import zipfile
+
+import pytest
+
+from taskray.blob import Limits, parse_blob, safe_name, want_all
+
+FILES = {"instruction.md": "Do it.\n", "task.toml": 'version = "1.0"\n', "tests/test.sh": "echo 1\n"}
+
+
+def make_tar(files: dict[str, str], prefix: str = "./", fmt=tarfile.GNU_FORMAT, extra=()) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, content in files.items():
+            data = content.encode()
+            info = tarfile.TarInfo(prefix + name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra:
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def make_zip(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, content in files.items():
+            zf.writestr(name, content)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "wrap, compression",
+    [
+        (lambda b: gzip.compress(b), "gzip"),
+        (lambda b: bz2.compress(b), "bz2"),
+        (lambda b: lzma.compress(b), "xz"),
+        (lambda b: b, "none"),
+    ],
+)
+def test_tar_in_any_compression(wrap, compression):
+    parsed = parse_blob(wrap(make_tar(FILES)))
+    assert parsed.error is None
+    assert (parsed.format, parsed.compression) == ("tar", compression)
+    assert parsed.members == {n: len(c) for n, c in FILES.items()}
+    assert parsed.text("tests/test.sh") == "echo 1\n"
+    assert parsed.raw_bytes == sum(len(c) for c in FILES.values())
+
+
+def test_zstd_tar_via_pyarrow_codec():
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "zstd") as out:
+        out.write(make_tar(FILES))
+    parsed = parse_blob(sink.getvalue().to_pybytes())
+    assert (parsed.format, parsed.compression, parsed.error) == ("tar", "zstd", None)
+    assert set(parsed.members) == set(FILES)
+
+
+def test_pax_and_long_names_and_ustar_prefix():
+    long_name = "tests/" + "d" * 120 + "/test_deep.py"
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT):
+        parsed = parse_blob(gzip.compress(make_tar({**FILES, long_name: "x"}, fmt=fmt)))
+        assert parsed.error is None, fmt
+        assert long_name in parsed.members, fmt
+
+
+def test_single_top_folder_is_stripped_but_meaningful_folders_are_not():
+    parsed = parse_blob(gzip.compress(make_tar(FILES, prefix="my-task/")))
+    assert set(parsed.members) == set(FILES)
+    only_tests = parse_blob(gzip.compress(make_tar({"tests/a.py": "x", "tests/b.py": "y"})))
+    assert set(only_tests.members) == {"tests/a.py", "tests/b.py"}
+
+
+def test_zip_members_and_contents():
+    parsed = parse_blob(make_zip(FILES))
+    assert (parsed.format, parsed.error) == ("zip", None)
+    assert parsed.text("instruction.md") == "Do it.\n"
+
+
+def test_json_jsonl_text_binary():
+    assert parse_blob(json.dumps({"tests": [1]}).encode()).format == "json"
+    jsonl = parse_blob(gzip.compress(b'{"a": 1}\n{"a": 2}\n'))
+    assert (jsonl.format, jsonl.data, jsonl.compression) == ("jsonl", [{"a": 1}, {"a": 2}], "gzip")
+    assert parse_blob("Just a question, with ünïcode.\n".encode()).format == "text"
+    assert parse_blob(bytes(range(256)) * 4).format == "binary"
+    assert parse_blob(b"").format == "text"
+    # invalid UTF-8 is decoded with replacement, never an exception
+    text = parse_blob(b"caf\xe9 au lait\n")
+    assert text.format == "text" and "\ufffd" in text.text("<text>")
+
+
+def test_gzip_bomb_is_an_error_row_with_bounded_memory():
+    limits = Limits(max_raw_bytes=8 * 1024 * 1024)
+    bomb = gzip.compress(b"\0" * (200 * 1024 * 1024), 9)  # 200 MiB behind ~200 KB
+    tracemalloc.start()
+    parsed = parse_blob(bomb, limits=limits)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert parsed.error and "limit" in parsed.error
+    assert peak < 4 * limits.max_raw_bytes  # never near the 200 MiB the bomb holds
+
+
+def test_zip_bomb_by_declared_size_and_by_member_count():
+    limits = Limits(max_raw_bytes=4 * 1024 * 1024, max_members=100)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.bin", b"\0" * (8 * 1024 * 1024))
+    assert "limit" in parse_blob(buf.getvalue(), limits=limits).error
+    many = make_zip({f"f{i}.txt": "x" for i in range(101)})
+    assert "members" in parse_blob(many, limits=limits).error
+    many_tar = gzip.compress(make_tar({f"f{i}.txt": "x" for i in range(101)}))
+    assert "members" in parse_blob(many_tar, limits=limits).error
+
+
+def test_zip_member_lying_about_its_size_is_caught():
+    limits = Limits(max_kept_bytes=1000)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("task.toml", b"a" * 5000)
+    data = bytearray(buf.getvalue())
+    # shrink the declared uncompressed size in the central directory to 10 bytes
+    cd = data.rfind(b"PK\x01\x02")
+    data[cd + 24 : cd + 28] = (10).to_bytes(4, "little")
+    parsed = parse_blob(bytes(data), limits=limits)
+    assert parsed.error is not None or len(parsed.files.get("task.toml", b"")) <= 1000
+
+
+@pytest.mark.parametrize(
+    "name", ["../evil.sh", "a/../../evil.sh", "/etc/passwd", "..", "./../x", "a\\..\\..\\x"]
+)
+def test_unsafe_names_are_refused(name):
+    assert safe_name(name) is None
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("./a/b.txt", "a/b.txt"), ("a//b", "a/b"), ("a/./b", "a/b"), ("dir/", "dir"), (".hidden", ".hidden")],
+)
+def test_safe_names_are_normalised(name, expected):
+    assert safe_name(name) == expected
+
+
+def test_traversal_links_and_devices_are_skipped_not_kept():
+    sym = tarfile.TarInfo("./tests/link")
+    sym.type, sym.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    hard = tarfile.TarInfo("./tests/hard")
+    hard.type, hard.linkname = tarfile.LNKTYPE, "../../etc/shadow"
+    dev = tarfile.TarInfo("./dev/sda")
+    dev.type = tarfile.BLKTYPE
+    fifo = tarfile.TarInfo("./pipe")
+    fifo.type = tarfile.FIFOTYPE
+    tar = make_tar({**FILES, "../../escape.sh": "x"}, extra=[sym, hard, dev, fifo])
+    raw = bytearray(tar)
+    # tarfile refuses to write absolute names; plant one by hand in a copy of the first header
+    parsed = parse_blob(gzip.compress(bytes(raw)), want=want_all)
+    assert parsed.error is None
+    assert set(parsed.members) == set(FILES)
+    assert set(parsed.files) == set(FILES)
+    reasons = " ".join(parsed.skipped)
+    for what in ("unsafe path", "symlink", "hard link", "device", "fifo"):
+        assert what in reasons
+
+
+def test_absolute_member_name_written_by_hand_is_skipped():
+    info = tarfile.TarInfo("XXXXXXXXXXXX")
+    info.size = 2
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b"hi"))
+    raw = bytearray(buf.getvalue())
+    raw[0:12] = b"/etc/crontab"
+    raw[148:156] = b"        "
+    raw[148:155] = f"{sum(raw[:512]):06o}\0".encode()
+    parsed = parse_blob(bytes(raw))
+    assert parsed.error is None and parsed.members == {} and "/etc/crontab: unsafe path" in parsed.skipped
+
+
+def test_truncated_and_corrupt_blobs_become_errors():
+    good = gzip.compress(make_tar(FILES))
+    for cut in (10, 30, len(good) // 2, len(good) - 4):
+        assert parse_blob(good[:cut]).error, cut
+    uncompressed = make_tar(FILES)
+    assert "truncated" in parse_blob(uncompressed[:700]).error
+    assert "corrupt" in parse_blob(b"\x1f\x8b\x08\x00garbage-garbage-garbage").error
+    assert parse_blob(b"BZh9" + b"\x00" * 50).error
+    assert parse_blob(b"PK\x03\x04" + b"\x00" * 50).error
+
+
+def test_random_bytes_never_raise():
+    rng = random.Random(7)
+    good = gzip.compress(make_tar(FILES))
+    for _ in range(300):
+        blob = bytearray(good)
+        for _ in range(rng.randint(1, 8)):
+            blob[rng.randrange(len(blob))] = rng.randrange(256)
+        parsed = parse_blob(bytes(blob))
+        assert parsed.format in ("tar", "zip", "json", "jsonl", "text", "binary")
+    for _ in range(200):
+        parse_blob(rng.randbytes(rng.randint(0, 2000)))
+
+
+def test_only_wanted_members_are_copied():
+    parsed = parse_blob(
+        gzip.compress(make_tar({**FILES, "environment/big.bin": "z" * 5000, "tests/test_x.py": "p"}))
+    )
+    assert "environment/big.bin" in parsed.members and "environment/big.bin" not in parsed.files
+    assert "tests/test_x.py" not in parsed.files  # judged by name only
+    assert {"instruction.md", "task.toml", "tests/test.sh"} <= set(parsed.files)
