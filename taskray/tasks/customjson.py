@@ -1,0 +1,57 @@
+"""Conversations from a JSONL file: one JSON array of messages per line.
+
+Example line: [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+Every line is checked when the task is built; a bad one is an error naming the file and the line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from taskray.tasks.common import Task, sha256_file
+
+
+def check_conversation(messages: object, where: str) -> list[dict]:
+    if not isinstance(messages, list):
+        raise ValueError(f"{where}: expected a JSON array of messages, got {type(messages).__name__}")
+    if len(messages) < 2:
+        raise ValueError(f"{where}: a conversation needs at least 2 messages, got {len(messages)}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"{where}: message {i} needs 'role' and 'content' fields")
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            raise ValueError(f"{where}: message {i} has role {m['role']!r} but should be {expected!r}")
+        if not isinstance(m["content"], str):
+            raise ValueError(f"{where}: message {i} content must be a string")
+    return messages
+
+
+class CustomJSON(Task):
+    name = "customjson"
+    eval_type = "generative"
+
+    def __init__(self, filepath: str, **kwargs):
+        super().__init__(**kwargs)
+        self.filepath = Path(filepath)
+        if not self.filepath.is_file():
+            raise FileNotFoundError(f"{filepath}: no such JSONL file")
+        self.conversations = []
+        with open(self.filepath, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{filepath}:{lineno}"
+                try:
+                    messages = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+                self.conversations.append(check_conversation(messages, where))
+        self.source = {"files": {self.filepath.name: sha256_file(self.filepath)}}
+
+    def num_examples(self) -> int:
+        return len(self.conversations)
+
+    def get_example(self, index: int) -> dict:
+        return {"messages": self.conversations[index]}
