@@ -246,7 +246,7 @@ def scan(
     _check_plan(store, source, pieces)
     _clean_staging(store)
     done = set(store.list("catalog"))
-    todo = [p for p in pieces if p.out.removeprefix("catalog/") not in done]
+    todo = [p for p in pieces if p.out not in done]
     total_rows = sum(p.rows for p in pieces)
     log(
         f"[scan] {len(shards)} shards, {len(pieces)} pieces, {total_rows:,} tasks; "

@@ -1,0 +1,227 @@
+"""The scan job end to end on a real local Ray, with real S3 (SeaweedFS) on both sides."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from taskray.catalog import Catalog, read_tasks
+from taskray.export import export, select
+from taskray.report import read_catalog
+from taskray.scan import CATALOG_SCHEMA, scan, scan_blobs
+from taskray.sources import list_shards
+from taskray.storage import Store
+from taskray.synth import EXPECTED_KIND, family_of, synth_corpus
+
+
+def upload_folder(s3, local: Path, bucket: str, prefix: str) -> str:
+    client = s3.client()
+    for path in sorted(local.rglob("*.parquet")):
+        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local)}")
+    return f"s3://{bucket}/{prefix}"
+
+
+def expected_catalog(corpus: Path) -> dict[tuple[str, str], dict]:
+    """What the catalog must hold, computed in this process with the pure function, no Ray."""
+    rows = {}
+    for shard in list_shards(str(corpus)):
+        t = pq.read_table(shard.url)
+        cols = scan_blobs(shard.source, shard.url, 0, t["path"].to_pylist(), t["task_binary"].to_pylist())
+        for i in range(t.num_rows):
+            rows[(cols["source"][i], cols["path"][i])] = {
+                k: cols[k][i] for k in ("verifier_kind", "blob_sha256", "error", "n_files")
+            }
+    return rows
+
+
+def catalog_rows(url: str) -> dict[tuple[str, str], dict]:
+    t = read_catalog(url).to_pylist()
+    rows = {
+        (r["source"], r["path"]): {k: r[k] for k in ("verifier_kind", "blob_sha256", "error", "n_files")}
+        for r in t
+    }
+    assert len(rows) == len(t), "duplicate rows in the catalog"
+    return rows
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    synth_corpus(out, 1200, sources=3, seed=11, row_group_size=100)
+    return out
+
+
+def test_scan_s3_to_s3_on_ray(ray_local, s3, bucket, corpus, tmp_path):
+    source = upload_folder(s3, corpus, bucket, "tasktrove")
+    out = f"s3://{bucket}/scan-out"
+    result = scan(source, out, rows_per_piece=250)
+    assert result.pieces == 6 and result.skipped_pieces == 0 and result.rows_scanned == 1200
+
+    assert catalog_rows(out) == {(s, p): v for (s, p), v in expected_catalog(corpus).items()}
+    table = read_catalog(out)
+    assert table.schema.names == CATALOG_SCHEMA.names
+    for row in table.to_pylist():
+        assert row["shard"].startswith(f"s3://{bucket}/tasktrove/")
+        kind = EXPECTED_KIND[family_of(row["path"])]
+        assert (row["error"] is not None) == (kind == "error")
+        assert row["verifier_kind"] == (kind if kind not in (None, "error") else "none")
+
+    store = Store(out)
+    summary = json.loads(store.read_bytes("summary.json"))
+    assert summary["total"]["n"] == 1200
+    assert set(summary["sources"]) == {"synth__source-0", "synth__source-1", "synth__source-2"}
+    assert summary["total"]["verified"] == sum(1 for r in table.to_pylist() if r["has_verifier"])
+    html = store.read_bytes("report.html").decode()
+    for png in ("top_sources.png", "size_histogram.png", "verifier_rate.png", "verifier_kinds.png"):
+        assert f"plots/{png}" in html and store.read_bytes(f"plots/{png}")[:4] == b"\x89PNG"
+
+    # a rerun finds everything done and rewrites nothing
+    again = scan(source, out, rows_per_piece=250)
+    assert again.skipped_pieces == 6 and again.rows_scanned == 0
+
+    # export straight from S3 to S3, TaskTrove format: blobs come back byte-identical
+    exported = f"s3://{bucket}/verified"
+    export(out, exported, ["has_verifier"], fmt="tasktrove")
+    shards = list_shards(exported)
+    assert {s.source for s in shards} == set(summary["sources"])
+    verified = {r["blob_sha256"] for r in table.to_pylist() if r["has_verifier"]}
+    local = tmp_path / "exported"
+    for s in shards:
+        key = s.url.removeprefix(f"s3://{bucket}/")
+        (local / key).parent.mkdir(parents=True, exist_ok=True)
+        s3.client().download_file(bucket, key, str(local / key))
+    blobs = [b for f in local.rglob("*.parquet") for b in pq.read_table(f)["task_binary"].to_pylist()]
+    assert {hashlib.sha256(b).hexdigest() for b in blobs} == verified and len(blobs) == summary["total"][
+        "verified"
+    ]
+
+
+def test_scan_with_wrong_credentials_fails_as_infrastructure(ray_local, s3, bucket, corpus, monkeypatch):
+    source = upload_folder(s3, corpus, bucket, "src")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with pytest.raises(OSError):
+        scan(source, str(Path("/tmp") / f"never-{bucket}"))
+
+
+def test_kill_half_way_then_resume_equals_clean_run(ray_local, corpus, tmp_path):
+    clean = tmp_path / "clean"
+    scan(str(corpus), str(clean), rows_per_piece=100, report=False)
+
+    crashed = tmp_path / "crashed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "taskray.cli",
+        "scan",
+        str(corpus),
+        "--out",
+        str(crashed),
+        "--rows-per-piece",
+        "100",
+        "--num-cpus",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    try:
+        while len(list((crashed / "catalog").rglob("*.parquet"))) < 3:
+            assert proc.poll() is None, "the scan finished before it could be killed"
+            assert time.monotonic() < deadline, "the scan made no progress"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = len(list((crashed / "catalog").rglob("*.parquet")))
+    assert 3 <= finished < 12, finished
+    assert not (crashed / "summary.json").exists()
+
+    resumed = scan(str(corpus), str(crashed), rows_per_piece=100)
+    assert resumed.skipped_pieces >= 3 and resumed.pieces == 12
+    assert catalog_rows(str(crashed)) == catalog_rows(str(clean))
+    assert read_catalog(str(crashed)).num_rows == 1200
+    assert not list(crashed.glob(".tmp-*"))
+
+
+def test_rerun_with_other_inputs_is_refused(ray_local, corpus, tmp_path):
+    out = str(tmp_path / "out")
+    scan(str(corpus), out, limit=150, rows_per_piece=100, report=False)
+    assert read_catalog(out).num_rows == 150
+    with pytest.raises(SystemExit, match="different inputs"):
+        scan(str(corpus), out, limit=300, rows_per_piece=100)
+    assert read_catalog(out).num_rows == 150  # nothing written was lost
+
+
+def test_source_filter_and_bad_sources(ray_local, corpus, tmp_path):
+    out = str(tmp_path / "filtered")
+    scan(str(corpus), out, source_filter="source-[12]$", rows_per_piece=1000)
+    assert set(read_catalog(out)["source"].to_pylist()) == {"synth__source-1", "synth__source-2"}
+    with pytest.raises(FileNotFoundError, match="no parquet shards"):
+        list_shards(str(corpus), "nothing-matches")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        list_shards(str(tmp_path / "missing" / "dir"))
+
+
+def test_hub_ids_map_to_hf_paths():
+    from taskray.sources import normalise_source
+
+    assert normalise_source("open-thoughts/TaskTrove") == "hf://datasets/open-thoughts/TaskTrove"
+    assert normalise_source("open-thoughts/TaskTrove@refs/convert/parquet").startswith("hf://datasets/")
+    assert (
+        normalise_source("hf://datasets/open-thoughts/TaskTrove@main")
+        == "hf://datasets/open-thoughts/TaskTrove@main"
+    )
+
+
+def test_cli_reports_bad_input(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "taskray.cli", *a], capture_output=True, text=True)  # noqa: E731
+    missing = run("scan", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert missing.returncode == 2 and "nope" in missing.stderr and "no such folder" in missing.stderr
+    bad_regex = run("scan", str(tmp_path), "--source-filter", "(", "--out", str(tmp_path / "o"))
+    assert bad_regex.returncode != 0 and "not a regex" in bad_regex.stderr
+    bad_where = run("export", str(tmp_path), str(tmp_path / "e"), "--where", "nonsense")
+    assert bad_where.returncode == 2 and "taskray export" in bad_where.stderr
+
+
+def test_export_harbor_is_safe_and_complete(ray_local, corpus, tmp_path):
+    out = str(tmp_path / "scan")
+    scan(str(corpus), out, rows_per_piece=1000)
+    harbor = tmp_path / "harbor"
+    manifest = export(out, str(harbor), ["verifier_kind=pytest"], fmt="harbor")
+    pytest_rows = select(out, ["verifier_kind=pytest"])
+    assert len(manifest["written"]) == pytest_rows.num_rows > 0
+    for folder in manifest["written"]:
+        task = harbor / folder
+        assert (task / "tests" / "test.sh").is_file() and (task / "instruction.md").is_file()
+    # the traversal family's attack members never reach the disk, links are never created
+    everything = list(tmp_path.rglob("*"))
+    assert not any(p.name in ("escape.sh", "evil", "link-to-passwd", "hard", "sda") for p in everything)
+    assert not any(p.is_symlink() for p in everything)
+    assert not (tmp_path.parent / "escape.sh").exists()
+    # re-scanning the exported folders' tasks finds the same kinds
+    assert json.loads((harbor / "export.json").read_text())["tasks"] == pytest_rows.num_rows
+
+
+def test_library_view_and_read_tasks(ray_local, corpus, tmp_path):
+    out = str(tmp_path / "scan")
+    scan(str(corpus), out, rows_per_piece=1000)
+    cat = Catalog(out)
+    assert cat.summary()["total"]["n"] == 1200
+    rows = cat.sample(4, source="synth__source-2", where=["has_verifier"], seed=5)
+    assert len(rows) == 4 and all(r["source"] == "synth__source-2" and r["has_verifier"] for r in rows)
+    assert all(r["instruction"] for r in rows)
+    assert rows == cat.sample(4, source="synth__source-2", where=["has_verifier"], seed=5)
+    from_catalog = list(read_tasks(out))
+    from_shards = list(read_tasks(str(corpus)))
+    assert [(t["source"], t["path"], t["instruction"]) for t in from_catalog] == [
+        (t["source"], t["path"], t["instruction"]) for t in from_shards
+    ]
+    assert all(t["has_verifier"] for t in from_shards)
