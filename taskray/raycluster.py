@@ -6,8 +6,16 @@ import os
 
 # Settings the driver has that its workers need too (object storage credentials and endpoint, Hub token).
 FORWARDED_ENV = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "HF_TOKEN", "HF_ENDPOINT",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_PROFILE",
+    "HF_TOKEN",
+    "HF_ENDPOINT",
 )
 
 
@@ -23,6 +31,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     kwargs = {"runtime_env": {"env_vars": env}} if env else {}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(**kwargs, log_to_driver=True)
+        ray.init(**kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # address="local": always a fresh Ray of our own, never a stray `ray start` left on the machine
+        # (set RAY_ADDRESS=auto to use that one on purpose).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
