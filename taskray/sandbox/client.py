@@ -221,12 +221,14 @@ class Sandbox:
             self._send({"id": self.jobs, "sources": sources, "nonce": nonce, "timeout": timeout,
                         "output_cap": self.limits.output_cap})
             reply = self._read_frame(start + timeout + GRACE)
-        except TimeoutError:
-            # The hard outer limit: no signal inside the container is trusted to end it.
+        except TimeoutError as e:
+            # The hard outer limit: no signal inside the container is trusted to end it. The runner
+            # itself ends every job at `timeout`, so silence past the grace period means the runner or
+            # container is stuck (paused, starved, broken): the infrastructure's failure, retried.
             self.usable = False
             self.kill()
-            return Result("timeout", wall_time=time.monotonic() - start,
-                          detail=f"no answer within {timeout + GRACE:.1f}s; container killed from outside")
+            raise InfraError(f"sandbox {self.id} gave no answer within {timeout + GRACE:.1f}s; "
+                             "container killed from outside") from e
         except (OSError, EOFError, ValueError) as e:
             self.usable = False
             if self._oom_killed():
