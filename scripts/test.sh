@@ -23,7 +23,7 @@ python3 -m pip install -q -e '.[test]'
 echo "== starting the docker daemon if none answers"
 bash scripts/start-dockerd.sh
 echo "== building the sandbox image"
-taskray sandbox build
+python3 -m taskray sandbox build
 echo "== ruff"
 python3 -m ruff check .
 echo "== tests"

@@ -255,6 +255,7 @@ def scan(
     rows = 0
     if todo:
         init_ray(num_cpus)
+        running = time.perf_counter()  # rates count scanning, not Ray start-up
         items = [{**asdict(p), "row_groups": list(p.row_groups)} for p in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map(scan_piece, fn_kwargs={"out_url": out}, num_cpus=1)
@@ -265,10 +266,10 @@ def scan(
             nbytes += stats["compressed_bytes"]
             now = time.perf_counter()
             if now - last_log > 2 or finished == len(todo):
-                rate = rows / max(now - started, 1e-9)
+                elapsed = max(now - running, 1e-9)
                 log(
-                    f"[scan] {finished}/{len(todo)} pieces | {rows:,} tasks | {rate:,.0f} tasks/s | "
-                    f"{nbytes / max(now - started, 1e-9) / 1e6:.1f} MB/s"
+                    f"[scan] {finished}/{len(todo)} pieces | {rows:,} tasks | "
+                    f"{rows / elapsed:,.0f} tasks/s | {nbytes / elapsed / 1e6:.1f} MB/s"
                 )
                 last_log = now
     summary = {}
