@@ -25,9 +25,12 @@ def run(args) -> int:
         build(mode=args.mode, force=args.force)
         return 0
     if args.action == "gc":
-        from taskray.sandbox.client import gc
+        from taskray.sandbox.client import docker_client, gc
+        from taskray.sandbox.image import prune_old_images
 
-        print(f"removed {gc(include_live_owners=args.all)} sandbox container(s)")
+        client = docker_client()
+        print(f"removed {gc(client, include_live_owners=args.all)} sandbox container(s); "
+              f"superseded images removed: {prune_old_images(client)} MB")
         return 0
     return doctor()
 

@@ -141,5 +141,11 @@ def build(mode: str = "auto", force: bool = False, log: Log = _log, client=None)
             log(f"  {line}")
     if image_state(client) != "ok":
         raise RuntimeError(f"docker build finished but {IMAGE} does not carry hash {digest}")
-    log(f"built {IMAGE} ({digest})")
+    log(f"built {IMAGE} ({digest}); superseded images removed: {prune_old_images(client)} MB")
     return IMAGE
+
+
+def prune_old_images(client) -> int:
+    """Remove sandbox images a rebuild left untagged (so rebuilds do not fill the disk); MB freed."""
+    pruned = client.images.prune(filters={"dangling": True, "label": HASH_LABEL})
+    return round((pruned.get("SpaceReclaimed") or 0) / 2**20)

