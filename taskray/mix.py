@@ -120,13 +120,16 @@ def make_row(task: Task, entry: Entry, local: int, example_id: int) -> dict[str,
     conv = task[local]
     messages = list(conv["messages"])
     final = [messages.pop()] if messages[-1]["role"] == "assistant" else []
+    # a conversation's own system message (SmolTalk has some) wins over the spec's, and stays first
+    system = [messages.pop(0)] if messages and messages[0]["role"] == "system" else []
+    if not system and entry.system_prompt:
+        system = [{"role": "system", "content": entry.system_prompt}]
     shots = []
     for j in few_shot_rows(task, local, entry.few_shot) if entry.few_shot else []:
-        shot = task[j]["messages"]
+        shot = [m for m in task[j]["messages"] if m["role"] != "system"]
         if shot[-1]["role"] != "assistant":
             raise MixError(f"few_shot needs solved examples, but {entry.name} rows have no assistant answer")
         shots += shot
-    system = [{"role": "system", "content": entry.system_prompt}] if entry.system_prompt else []
     prompt = [_message(m) for m in system + shots + messages]
     info = {k: v for k, v in conv.items() if k != "messages"}
     info["task_row"] = local

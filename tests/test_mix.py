@@ -137,6 +137,24 @@ def test_rows_follow_the_verifiers_schema_with_system_prompt_and_few_shot(shared
     assert make_row(task, entry, 5, 123) == row  # few-shot picks are fixed per row
 
 
+def test_a_conversations_own_system_message_wins(tmp_path):
+    from taskray.tasks.smoltalk import SmolTalk
+
+    file = tmp_path / "talk.jsonl"
+    rows = [{"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "q0"},
+                          {"role": "assistant", "content": "a0"}]},
+            {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]}]
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = SmolTalk("train", path=file, shuffle_seed=None)
+    entry = Entry("smoltalk", "smoltalk", {}, system_prompt="spec", few_shot=1)
+    first, second = make_row(task, entry, 0, 0), make_row(task, entry, 1, 1)
+    assert [(m["role"], m["content"]) for m in first["prompt"]] == [
+        ("system", "own"), ("user", "q1"), ("assistant", "a1"), ("user", "q0")]
+    assert [(m["role"], m["content"]) for m in second["prompt"]] == [
+        ("system", "spec"), ("user", "q0"), ("assistant", "a0"), ("user", "q1")]
+    assert first["answer"] == "a0" and first["messages"][-1]["content"] == "a0"
+
+
 def test_shard_layout_does_not_depend_on_the_seed():
     plans = [build_split("train", parse_spec(spec_dict(seed=s, shard_size_mb=0.01)).splits["train"], s)
              for s in (0, 1)]
