@@ -1,13 +1,18 @@
-"""`ray job submit` entrypoint for `taskray mix`:
+"""`ray job submit` entrypoint for the mix job; the same arguments as `taskray mix`.
 
-    ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/mix.py SPEC --out s3://bucket/mix
+    ray job submit --address http://HEAD:8265 --working-dir . -- \
+        python jobs/mix.py examples/mix.yaml --out s3://bucket/mixes/example
 
-Under `ray job submit`, RAY_ADDRESS is set, so the job joins that cluster instead of starting one.
+Under `ray job submit`, RAY_ADDRESS is set, so the job joins the cluster instead of starting Ray. Task
+inputs given as local paths must exist on every node; on a real cluster use the Hub or s3:// inputs.
 """
 
 import sys
+from pathlib import Path
 
-from taskray.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir holds the taskray package
+
+from taskray.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["mix", *sys.argv[1:]]))

@@ -182,3 +182,19 @@ def test_listing_a_task_twice_oversamples_it():
     assert len(spelled) == 2
     assert spelled <= {SimpleSpelling(size=5)[i]["messages"][0]["content"] for i in range(5)}
     assert plan.rows_per_task() == {"spellingbee": 10, "simplespelling": 2}
+
+
+def test_spec_proportions_with_stopping_rules():
+    def plan(stopping: str):
+        spec = parse_spec({"splits": {"train": {"stopping": stopping, "tasks": [
+            {"task": "spellingbee", "args": {"size": 100}, "proportion": 0.25},
+            {"task": "simplespelling", "args": {"size": 60}, "proportion": 0.75}]}}})
+        return build_split("train", spec.splits["train"], 0)
+
+    # first_exhausted: simplespelling runs out first, after 60 / 0.75 = 80 rows
+    assert plan("first_exhausted").rows_per_task() == {"spellingbee": 20, "simplespelling": 60}
+    # all_exhausted: spellingbee is seen whole after 100 / 0.25 = 400 rows, simplespelling 5 times over
+    p = plan("all_exhausted")
+    assert p.rows_per_task() == {"spellingbee": 100, "simplespelling": 300}
+    spelled = [r["prompt"][-1]["content"] for r in render_rows(p, 0, len(p)) if r["task"] == "simplespelling"]
+    assert len(set(spelled)) <= 60 and all(spelled.count(s) % 5 == 0 for s in set(spelled))
