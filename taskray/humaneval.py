@@ -64,7 +64,11 @@ def load_problems(spec: str) -> list[dict]:
     if spec in ("humaneval", HUB_ID):
         from datasets import load_dataset
 
-        ds = load_dataset(HUB_ID, split="test")
+        try:
+            ds = load_dataset(HUB_ID, split="test")
+        except Exception as e:  # offline, no token, Hub down: say so, and how to avoid the Hub
+            raise RuntimeError(f"--problems {spec!r}: cannot load {HUB_ID} from the Hugging Face Hub ({e}); "
+                               "pass a local copy as humaneval:PATH") from e
         problems = [_check_problem(row, f"{HUB_ID} row {i}") for i, row in enumerate(ds)]
     else:
         path = Path(spec.removeprefix("humaneval:"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pyarrow as pa
@@ -72,3 +73,15 @@ def test_bad_samples_file_is_a_clear_error(ray_local, he_path, tmp_path):
     path.write_text('{"task_id": "HumanEval/999", "completion": "x"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: task_id 'HumanEval/999' is not among the problems"):
         main(["eval", "--problems", f"humaneval:{he_path}", "--samples", str(path), "--out", str(tmp_path)])
+
+
+def test_fresh_container_mode_from_a_plain_path(ray_local, he_path, tmp_path):
+    subset = tmp_path / "three.jsonl"
+    with gzip.open(he_path, "rt") as f:
+        subset.write_text("".join(f.readline() for _ in range(3)))
+    out = tmp_path / "out"
+    assert main(["eval", "--problems", str(subset), "--self-check", "--repeat", "2", "--fresh-container",
+                 "--workers", "1", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["passed"] == 6 and summary["fresh_container"] is True
+    assert summary["pass_at_k"] == {"pass@1": 1.0}
