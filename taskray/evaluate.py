@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -140,6 +141,25 @@ def write_outputs(out: str, rows: list[dict], summary: dict) -> None:
     store.write_bytes("metrics.json", (json.dumps(summary, indent=2) + "\n").encode())
 
 
+def preflight() -> None:
+    """Fail early, in words, when this machine should run sandboxes but cannot.
+
+    On a cluster (RAY_ADDRESS) the driver's node may have no Docker at all; the actors check their own.
+    """
+    from taskray.sandbox.client import docker_client
+    from taskray.sandbox.image import IMAGE, image_state
+
+    try:
+        client = docker_client(timeout=30)
+    except RuntimeError:
+        if os.environ.get("RAY_ADDRESS"):
+            return
+        raise
+    state = image_state(client)
+    if state != "ok":
+        raise RuntimeError(f"sandbox image {IMAGE} is {state}: run `taskray sandbox build` first")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--problems", default="humaneval",
                         help="`humaneval` (the Hub's openai/openai_humaneval), `humaneval:PATH` or a path")
@@ -171,6 +191,7 @@ def run(args) -> int:
     else:
         samples = humaneval.load_samples(args.samples, problems)
     jobs = make_jobs(problems, samples, args.timeout)
+    preflight()
     init_ray(num_cpus=args.num_cpus)
     workers = args.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     limits = Limits(memory_mb=args.memory_mb)
