@@ -23,6 +23,7 @@ import io
 import json
 import lzma
 import posixpath
+import struct
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -74,12 +75,7 @@ _KEPT_SUFFIXES = (".toml", ".json", ".yaml", ".yml", ".sh", ".md", ".txt", ".dif
 
 def wanted_for_detection(name: str) -> bool:
     """Small text members that carry verifier evidence or task metadata; code under tests/ is judged by
-    name only, so it is never copied. Names are asked about before a shared top folder is stripped, so
-    `task-1/tests/test.sh` must be wanted too."""
-    return _wanted(name) or ("/" in name and _wanted(name.split("/", 1)[1]))
-
-
-def _wanted(name: str) -> bool:
+    name only, so it is never copied."""
     if name.endswith(".json"):
         return True  # any JSON member may carry a test field (the article looked at all of them)
     if name.count("/") > 1 and not name.startswith("tests/"):
@@ -113,17 +109,15 @@ def safe_name(name: str) -> str | None:
     return "/".join(parts)
 
 
-def _strip_single_root(members: dict[str, int], files: dict[str, bytes]) -> tuple[dict, dict]:
-    """`hello-world/task.toml` -> `task.toml` when every member sits in one top folder (some packers
-    tar the folder, others its contents)."""
-    tops = {n.split("/", 1)[0] for n in members}
-    if len(tops) != 1 or all("/" not in n for n in members):
-        return members, files
-    (top,) = tops
-    cut = len(top) + 1
-    if not any(n[cut:] in ROOT_MARKERS for n in members):
-        return members, files  # e.g. a task that is all tests/: keep the folder, it means something
-    return {n[cut:]: s for n, s in members.items()}, {n[cut:]: b for n, b in files.items()}
+def _single_root(members: dict[str, int]) -> str:
+    """`task-1/` when every member sits in that one top folder and it holds the task (some packers tar
+    the folder, others its contents); "" otherwise, e.g. for a task that is all tests/."""
+    first = next(iter(members), "")
+    top = first.split("/", 1)[0] + "/"
+    if "/" not in first or any(not n.startswith(top) for n in members):
+        return ""
+    cut = len(top)
+    return top if any(n[cut:] in ROOT_MARKERS for n in members) else ""
 
 
 # --- decompression -------------------------------------------------------------------------------------
@@ -233,26 +227,33 @@ def _pax_path(records: bytes) -> str | None:
     return None
 
 
-def walk_tar(buf: bytes, want: Callable[[str], bool], limits: Limits, parsed: ParsedBlob) -> None:
-    # Fields are sliced straight from the buffer: copying whole headers was a third of the cost.
-    # Checksums are verified on the first header (it decides "this is a tar") and wherever a size does
-    # not parse; gzip's CRC already guards the bytes of compressed tars.
+# name, size, typeflag, magic, prefix: the only ustar fields we read, in one unpack per header
+_HEADER = struct.Struct("100s24x12s20x1s100x6s82x155s")
+
+
+def walk_tar(buf: bytes, limits: Limits, parsed: ParsedBlob) -> dict[str, tuple[int, int]]:
+    """Member names and sizes into `parsed`; returns where each member's bytes are in `buf`.
+
+    Checksums are verified on the first header (it decides "this is a tar") and wherever a size does not
+    parse; gzip's CRC already guards the bytes of compressed tars."""
     off, end, count = 0, len(buf), 0
     long_name: str | None = None
+    spans: dict[str, tuple[int, int]] = {}
+    unpack = _HEADER.unpack_from
     while off + 512 <= end:
         if buf[off] == 0 and buf.count(0, off, off + 512) == 512:
-            return  # end-of-archive marker
+            return spans  # end-of-archive marker
+        raw_name, raw_size, kind, magic, prefix = unpack(buf, off)
         try:
-            size = _octal(buf[off + 124 : off + 136])
+            size = _octal(raw_size)
         except ValueError:
             size = -1
         if size < 0 or (off == 0 and not _checksum_ok(buf[:512])):
             raise BlobError(f"corrupt tar header at offset {off}")
-        kind = buf[off + 156 : off + 157]
         start = off + 512
         if start + size > end:
             raise BlobError(f"truncated tar: member at offset {off} needs {size} bytes")
-        header_at, off = off, start + (size + 511) // 512 * 512
+        off = start + (size + 511) // 512 * 512
         if kind in (b"L", b"x"):  # GNU long name / pax header: names the next member
             payload = buf[start : start + size]
             long_name = _cstr(payload) if kind == b"L" else (_pax_path(payload) or long_name)
@@ -262,9 +263,9 @@ def walk_tar(buf: bytes, want: Callable[[str], bool], limits: Limits, parsed: Pa
         name = long_name
         long_name = None
         if name is None:
-            name = _cstr(buf[header_at : header_at + 100])
-            if buf[header_at + 345] != 0 and buf[header_at + 257 : header_at + 262] == b"ustar":
-                name = _cstr(buf[header_at + 345 : header_at + 500]) + "/" + name
+            name = _cstr(raw_name)
+            if prefix[0] != 0 and magic[:5] == b"ustar":
+                name = _cstr(prefix) + "/" + name
         count += 1
         if count > limits.max_members:
             raise BlobError(f"more than {limits.max_members} members (archive bomb?)")
@@ -280,16 +281,16 @@ def walk_tar(buf: bytes, want: Callable[[str], bool], limits: Limits, parsed: Pa
             continue
         parsed.members[norm] = size
         parsed.raw_bytes += size
-        if size <= limits.max_kept_bytes and want(norm):
-            parsed.files[norm] = buf[start : start + size]
+        spans[norm] = (start, size)
     # No end-of-archive marker: fine if the last member ended cleanly (tarfile accepts that too),
     # truncated if the stream stops inside a header or a member's padding.
     if off > end or (off < end and buf.count(0, off, end) != end - off):
         raise BlobError(f"truncated tar: stream ends inside the record at offset {min(off, end)}")
+    return spans
 
 
 # --- zip -----------------------------------------------------------------------------------------------
-def walk_zip(buf: bytes, want: Callable[[str], bool], limits: Limits, parsed: ParsedBlob) -> None:
+def walk_zip(buf: bytes, limits: Limits, parsed: ParsedBlob) -> tuple[zipfile.ZipFile, dict]:
     try:
         zf = zipfile.ZipFile(io.BytesIO(buf))
         infos = zf.infolist()
@@ -300,6 +301,7 @@ def walk_zip(buf: bytes, want: Callable[[str], bool], limits: Limits, parsed: Pa
     declared = sum(i.file_size for i in infos)
     if declared > limits.max_raw_bytes:
         raise _too_big(limits)
+    infos_by_name = {}
     for info in infos:
         if info.is_dir():
             continue
@@ -313,15 +315,19 @@ def walk_zip(buf: bytes, want: Callable[[str], bool], limits: Limits, parsed: Pa
             continue
         parsed.members[norm] = info.file_size
         parsed.raw_bytes += info.file_size
-        if info.file_size <= limits.max_kept_bytes and want(norm):
-            try:
-                # read past the declared size: a lying header must not let more through than the cap
-                content = zf.open(info).read(limits.max_kept_bytes + 1)
-            except (zipfile.BadZipFile, zlib.error, NotImplementedError, OSError, EOFError) as e:
-                raise BlobError(f"corrupt zip member {norm}: {e}") from None
-            if len(content) > limits.max_kept_bytes:
-                raise BlobError(f"zip member {norm} is larger than its header says")
-            parsed.files[norm] = content
+        infos_by_name[norm] = info
+    return zf, infos_by_name
+
+
+def _read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, limits: Limits) -> bytes:
+    try:
+        # read past the declared size: a lying header must not let more through than the cap
+        content = zf.open(info).read(limits.max_kept_bytes + 1)
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, OSError, EOFError) as e:
+        raise BlobError(f"corrupt zip member {name}: {e}") from None
+    if len(content) > limits.max_kept_bytes:
+        raise BlobError(f"zip member {name} is larger than its header says")
+    return content
 
 
 # --- the rest ------------------------------------------------------------------------------------------
@@ -370,18 +376,26 @@ def parse_blob(
         parsed.raw_bytes = 0
         if buf[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
             parsed.format = "zip"
-            walk_zip(buf, want, limits, parsed)
+            zf, infos = walk_zip(buf, limits, parsed)
+            read = lambda name: _read_zip_member(zf, infos[name], name, limits)  # noqa: E731
         elif looks_like_tar(buf):
             parsed.format = "tar"
-            walk_tar(buf, want, limits, parsed)
+            spans = walk_tar(buf, limits, parsed)
+            read = lambda name: buf[spans[name][0] : spans[name][0] + spans[name][1]]  # noqa: E731
         else:
             parsed.raw_bytes = len(buf)
             if not _try_json(buf, parsed):
                 parsed.format = _text_or_binary(buf)
                 if parsed.format == "text":
                     parsed.files["<text>"] = buf[: limits.max_kept_bytes]
-        if parsed.format in ("tar", "zip"):
-            parsed.members, parsed.files = _strip_single_root(parsed.members, parsed.files)
+            return parsed
+        root = _single_root(parsed.members)
+        if root:
+            cut = len(root)
+            parsed.members = {n[cut:]: size for n, size in parsed.members.items()}
+        for name, size in parsed.members.items():
+            if size <= limits.max_kept_bytes and want(name):
+                parsed.files[name] = read(root + name)
     except BlobError as e:
         parsed.error = str(e)
     except Exception as e:  # a parser bug must not take a worker down with a whole shard

@@ -74,6 +74,8 @@ _PYTEST = re.compile(r"\bpytest\b")
 _NAME_WORD = re.compile(
     r"(?:^|[^a-z])(verifier|verify|grader|grade|judge|scorer|score|evaluate|eval)(?:[^a-z]|$)"
 )
+_PY_TEST_NAME = re.compile(r"(^|/)(test_[^/]*|[^/]*_test)\.py$")
+_RUBRIC_TABLE = re.compile(r"^\s*\[?(rubric|judge|criteria)", re.M)
 _CODE_OR_CONFIG = (".py", ".sh", ".js", ".ts", ".rb", ".json", ".toml", ".yaml", ".yml")
 
 
@@ -185,14 +187,32 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
             sig.append("tests/test.sh:runs-pytest")
     runner = test_sh or ""
 
-    py_tests = [
-        n for n in names if n.startswith("tests/") and re.search(r"(^|/)(test_[^/]*|[^/]*_test)\.py$", n)
-    ]
+    # One pass over the member names collects everything the rules below look at.
+    py_tests, expected, tomls, json_members, name_hits = [], [], [], [], []
+    has_tests_dir = has_solution = False
+    for n, size in names.items():
+        low = n.lower()
+        if _ARTICLE_NAME.search(low):
+            name_hits.append(n)
+        if n.startswith("tests/"):
+            has_tests_dir = True
+            if n.endswith(".py") and _PY_TEST_NAME.search(n):
+                py_tests.append(n)
+            elif n.startswith("tests/expected_output"):
+                expected.append(n)
+            elif n.endswith(".toml") and n.count("/") == 1:
+                tomls.append(n)
+        elif n.startswith("solution") and size > 0 and (n.startswith("solution/") or n == "solution.sh"):
+            has_solution = True
+        elif n.endswith(".toml") and "/" not in n and n != "task.toml":
+            tomls.append(n)
+        if n.endswith(".json") and n in parsed.files and n != "tests/config.json":
+            json_members.append(n)
+
     if py_tests and (_PYTEST.search(runner) or "harbor_tests" in kinds):
         sig.extend(f"{n}:pytest" for n in py_tests)
         kinds.add("pytest")
 
-    expected = [n for n in names if n.startswith("tests/expected_output")]
     if expected and ("expected_output" in runner or "harbor_tests" in kinds):
         sig.extend(f"{n}:expected-output" for n in expected)
         kinds.add("expected_output")
@@ -224,24 +244,13 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
         if "tests/verifier_data.json" in names:
             sig.append("tests/verifier_data.json:verifier-data")
 
-    for n in names:
+    for n in tomls:
         base = n.rsplit("/", 1)[-1]
-        if (
-            n.count("/") <= 1
-            and n.endswith(".toml")
-            and n != "task.toml"
-            and (n.count("/") == 0 or n.startswith("tests/"))
-        ):
-            text = parsed.text(n) or ""
-            if (
-                "judge" in base
-                or "rubric" in base
-                or re.search(r"^\s*\[?(rubric|judge|criteria)", text, re.M)
-            ):
-                sig.append(f"{n}:rubric")
-                kinds.add("rubric_judge")
+        if "judge" in base or "rubric" in base or _RUBRIC_TABLE.search(parsed.text(n) or ""):
+            sig.append(f"{n}:rubric")
+            kinds.add("rubric_judge")
 
-    if "task.yaml" in names and ("run-tests.sh" in names or any(n.startswith("tests/") for n in names)):
+    if "task.yaml" in names and ("run-tests.sh" in names or has_tests_dir):
         sig.append("task.yaml:legacy-tb")
         if "run-tests.sh" in names:
             sig.append("run-tests.sh:legacy-tb")
@@ -249,7 +258,6 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
 
     # The article's name rule, kept as signals; a name is evidence only for code or config in a verifier's
     # place, matched as a word ("retrieval.py" and "evaluation_notes.md" are not verifiers).
-    name_hits = article_name_hits(list(names))
     for n in name_hits:
         base = n.rsplit("/", 1)[-1].lower()
         sig.append(f"{n}:name")
@@ -260,25 +268,20 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
             kinds.add("python_verifier" if base.endswith(".py") else "harbor_tests")
 
     article_json = False
-    for n in names:
-        if n.endswith(".json") and n in parsed.files and n != "tests/config.json":
-            try:
-                obj = json.loads(parsed.files[n])
-            except ValueError:
-                continue
-            if isinstance(obj, dict) and any(k in obj for k in ARTICLE_JSON_KEYS):
-                article_json = True
-                _json_keys(obj, sig, n)
+    for n in json_members:
+        try:
+            obj = json.loads(parsed.files[n])
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and any(k in obj for k in ARTICLE_JSON_KEYS):
+            article_json = True
+            _json_keys(obj, sig, n)
 
     det.harbor_complete = all(n in names for n in HARBOR_REQUIRED)
-    det.has_oracle = any(names.get(n, 0) > 0 for n in ("solution/solve.sh", "solution.sh")) or any(
-        n.startswith("solution/") and names[n] > 0 for n in names
-    )
+    det.has_oracle = has_solution
     det.verifier_kind = next((k for k in KINDS if k in kinds), "none")
     det.article_verified = (
-        bool(name_hits)
-        or article_json
-        or any(s.startswith("tests/config.json:key-") for s in sig)
+        bool(name_hits) or article_json or any(s.startswith("tests/config.json:key-") for s in sig)
     )
     _read_task_config(parsed, det)
 

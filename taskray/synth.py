@@ -103,12 +103,23 @@ def _zip(files: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
+_VOCAB = (
+    "the a file server log parse regex json output input write read config build test run app data user "
+    "process directory script python bash install service port request response error value key list "
+    "count line word check ensure return create update delete path version module function class"
+).split()
+
+
+def _prose(rng: random.Random, words: int) -> str:
+    """Text that compresses like real instructions (about 3:1), unlike a repeated phrase."""
+    out = [rng.choice(_VOCAB) + (f"_{rng.randrange(1000)}" if rng.random() < 0.15 else "") for _ in range(words)]
+    return " ".join(out[i] + (".\n" if i % 14 == 13 else "") for i in range(words))
+
+
 def _harbor(rng: random.Random, family: str, n: int, tests: dict[str, str], solution: bool = True) -> dict:
-    words = " ".join(
-        rng.choice(["parse", "fix", "build", "log", "regex", "server", "json", "sort"]) for _ in range(8)
-    )
+    # Sizes follow real TaskTrove/Harbor tasks: about 5 KB gzip'd, 10-20 KB raw, 6-9 files.
     files = {
-        "instruction.md": f"# Task {family} {n}\n\nPlease {words}.\n" + "Details. " * rng.randint(5, 300),
+        "instruction.md": f"# Task {family} {n}\n\n" + _prose(rng, rng.randint(150, 700)),
         "task.toml": TASK_TOML.format(
             difficulty=rng.choice(["easy", "medium", "hard"]),
             family=family,
@@ -119,11 +130,13 @@ def _harbor(rng: random.Random, family: str, n: int, tests: dict[str, str], solu
             memory_mb=rng.choice([2048, 4096]),
             allow_internet=rng.choice(["true", "false"]),
         ),
-        "environment/Dockerfile": DOCKERFILE,
+        "environment/Dockerfile": DOCKERFILE + "".join(f"RUN apt-get install -y {rng.choice(_VOCAB)}\n"
+                                                       for _ in range(rng.randint(1, 8))),
+        "environment/app/notes.txt": _prose(rng, rng.randint(100, 900)),
         **tests,
     }
     if solution:
-        files["solution/solve.sh"] = f"#!/bin/bash\necho 'solution {n}' > /app/out.txt\n"
+        files["solution/solve.sh"] = f"#!/bin/bash\necho 'solution {n}' > /app/out.txt\n# " + _prose(rng, 60)
     return files
 
 
