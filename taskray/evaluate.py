@@ -31,7 +31,9 @@ BATCH = 8  # samples per actor call: big enough to hide the call overhead, small
 IN_FLIGHT = 2  # batches queued per actor, so an actor never waits for the driver
 
 
-@ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)
+# Threaded actor: the queued batches run side by side on the shared pool, so a container freed by a
+# fast job takes the next batch's work instead of idling until the slowest job of its batch is done.
+@ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2, max_concurrency=IN_FLIGHT)
 class EvalWorker:
     """Owns `containers` warm sandboxes; runs batches of jobs on all of them at once."""
 

@@ -28,8 +28,8 @@ def pool(client):
         yield p
 
 
-def session_containers(client, session: str) -> list:
-    return client.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={session}"})
+def session_containers(client, session: str) -> list[str]:
+    return [c["Id"] for c in client.api.containers(all=True, filters={"label": f"{SESSION_LABEL}={session}"})]
 
 
 def host_processes_with(marker: str) -> list:
@@ -87,7 +87,7 @@ def assert_host_unharmed(pool, client, marker: str | None = None) -> None:
 
     def settled() -> bool:
         live = set(pool.containers())
-        return len(live) == pool.size and {c.id for c in session_containers(client, pool.session)} == live
+        return len(live) == pool.size and set(session_containers(client, pool.session)) == live
 
     while not settled() and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -297,22 +297,27 @@ def run_once(sources: list[str] | str, timeout: float = 10.0, limits: Limits | N
         box.destroy()
 
 
-def leaked_containers(client, include_live_owners: bool = False) -> list:
-    """taskray containers whose owner process is gone (or all of them with include_live_owners)."""
-    found = client.containers.list(all=True, filters={"label": f"{LABEL}=1"})
-    return [c for c in found if include_live_owners or not owner_alive(c.labels.get(OWNER_LABEL, ""))]
+def leaked_containers(client, include_live_owners: bool = False) -> list[str]:
+    """Ids of taskray containers whose owner process is gone (or of all of them, include_live_owners)."""
+    # One listing call with labels (no inspect per container): other pools remove containers meanwhile.
+    found = client.api.containers(all=True, filters={"label": f"{LABEL}=1"})
+    return [c["Id"] for c in found
+            if include_live_owners or not owner_alive((c.get("Labels") or {}).get(OWNER_LABEL, ""))]
 
 
 def gc(client=None, include_live_owners: bool = False) -> int:
     """Remove leaked sandbox containers; returns how many."""
+    import docker
+
     client = client or docker_client()
-    leaked = leaked_containers(client, include_live_owners)
-    for c in leaked:
+    removed = 0
+    for cid in leaked_containers(client, include_live_owners):
         try:
-            c.remove(force=True)
-        except Exception:
-            pass
-    return len(leaked)
+            client.api.remove_container(cid, force=True)
+            removed += 1
+        except docker.errors.NotFound:
+            pass  # someone else removed it first
+    return removed
 
 
 def new_session() -> str:
