@@ -259,6 +259,7 @@ def mix(spec: MixSpec, out: str, num_cpus: int | None = None, multipart_mb: floa
         from taskray.raycluster import init_ray
 
         init_ray(num_cpus=num_cpus)
+        _say(f"rendering on Ray with {ray.cluster_resources().get('CPU', 0):g} CPUs")
         remote = ray.remote(render_shard)
         spec_json = json.dumps(spec.raw, sort_keys=True)
         pending = {remote.remote(spec_json, split, name, a, b, out, pid, multipart_mb): name

@@ -70,6 +70,7 @@ def test_same_shards_at_one_and_two_cpus_and_resume(tmp_path, shared_data, ray_l
     one, two = tmp_path / "one", tmp_path / "two"
     r1 = taskray_mix(spec, str(one), "--num-cpus", "1")
     assert r1.returncode == 0, r1.stderr
+    assert "rendering on Ray with 1 CPUs" in r1.stderr
     assert "shards" in r1.stderr and "rows/s" in r1.stderr  # progress
     assert ray_local.cluster_resources()["CPU"] == 2
     mix(load_spec(spec), str(two))
