@@ -198,3 +198,14 @@ def test_spec_proportions_with_stopping_rules():
     assert p.rows_per_task() == {"spellingbee": 100, "simplespelling": 300}
     spelled = [r["prompt"][-1]["content"] for r in render_rows(p, 0, len(p)) if r["task"] == "simplespelling"]
     assert len(set(spelled)) <= 60 and all(spelled.count(s) % 5 == 0 for s in set(spelled))
+
+
+def test_shards_come_close_to_the_target_size():
+    from taskray.mix import parquet_bytes
+
+    bees = [{"task": "spellingbee", "args": {"size": 5000}}]
+    spec = parse_spec({"shard_size_mb": 0.1, "splits": {"train": bees}})
+    plan = build_split("train", spec.splits["train"], 0)
+    per_shard = rows_per_shard(plan, spec)
+    size = len(parquet_bytes(render_rows(plan, 0, per_shard)))
+    assert 0.5 < size / (0.1 * 2**20) < 1.5, (per_shard, size)
