@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from taskray import storage
 from taskray.mixspec import Entry, MixSpec, SpecError, SplitSpec, load_spec, parse_spec
-from taskray.mixture import Component, MixtureIndex, counts_for_proportions
+from taskray.mixture import Component, MixtureIndex, counts_for_proportions, counts_for_weights
 from taskray.tasks import Task, task_class
 from taskray.tasks.common import content_text
 
@@ -93,8 +93,9 @@ def build_split(name: str, split: SplitSpec, seed: int) -> SplitPlan:
     if split.by_proportion:
         counts = counts_for_proportions(lengths, [e.proportion for e in split.entries], split.stopping)
     else:
-        counts = [n * e.repeat if e.repeat is not None else round(n * e.weight) if e.weight is not None else n
-                  for n, e in zip(lengths, split.entries)]
+        weights = [e.repeat if e.repeat is not None else e.weight if e.weight is not None else 1.0
+                   for e in split.entries]
+        counts = counts_for_weights(lengths, weights)
     index = MixtureIndex([Component(n, c) for n, c in zip(lengths, counts)], seed, split.mode == "shuffle")
     if len(index) == 0:
         raise MixError(f"split {name!r} has no rows")
