@@ -225,3 +225,78 @@ def test_library_view_and_read_tasks(ray_local, corpus, tmp_path):
         (t["source"], t["path"], t["instruction"]) for t in from_shards
     ]
     assert all(t["has_verifier"] for t in from_shards)
+
+
+def test_ray_job_submit_against_a_running_head(corpus, tmp_path):
+    """The `ray job submit` entrypoint, on a real head started with `ray start`."""
+    import shutil
+    import socket
+    import tempfile
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    root = Path(__file__).resolve().parents[1]
+    temp_dir = tempfile.mkdtemp(prefix="tr-head-", dir="/tmp")  # short: Ray's socket paths are length-limited
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    gcs_port, dashboard_port = free_port(), free_port()
+    head = subprocess.Popen(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "2",
+            f"--port={gcs_port}",
+            f"--dashboard-port={dashboard_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+            "--include-dashboard=true",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    out = tmp_path / "job-out"
+    try:
+        address = f"http://127.0.0.1:{dashboard_port}"
+        submit = None
+        for _ in range(60):
+            submit = subprocess.run(
+                [
+                    "ray",
+                    "job",
+                    "submit",
+                    "--address",
+                    address,
+                    "--working-dir",
+                    str(root),
+                    "--",
+                    "python",
+                    "jobs/scan.py",
+                    str(corpus),
+                    "--out",
+                    str(out),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            if "Failed to connect" not in submit.stderr + submit.stdout and submit.returncode == 0:
+                break
+            time.sleep(2)
+        assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
+        assert "scanned 1,200 tasks" in submit.stdout
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert read_catalog(str(out)).num_rows == 1200
+    assert json.loads((out / "summary.json").read_text())["total"]["n"] == 1200
