@@ -86,7 +86,7 @@ def child_taskray(corpus: str, cpus: int, out: str) -> dict:
     from taskray.scan import scan
 
     init_ray(num_cpus=cpus)  # Ray start-up is not part of the scan's throughput
-    result = scan(corpus, out, rows_per_piece=5000, report=False, log=lambda *_: None)
+    result = scan(corpus, out, report=False, log=lambda *_: None)
     from taskray.report import read_catalog
 
     t = read_catalog(out, ["compressed_bytes", "has_verifier"])

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from zlib_ng import zlib_ng  # drop-in zlib, 2.5x faster inflate: gunzip was a quarter of scan CPU
+
 FORMATS = ("tar", "zip", "json", "jsonl", "text", "binary")
 ROOT_MARKERS = ("task.toml", "instruction.md", "task.yaml")
 
@@ -48,7 +50,7 @@ class BlobError(ValueError):
     """The blob is malformed or exceeds a limit; the message ends up in the catalog's `error` column."""
 
 
-@dataclass
+@dataclass(slots=True)
 class ParsedBlob:
     format: str
     compressed_bytes: int
@@ -129,10 +131,10 @@ def _gunzip(data: bytes, limits: Limits) -> bytes:
     out: list[bytes] = []
     produced = 0
     while data:
-        d = zlib.decompressobj(wbits=31)
+        d = zlib_ng.decompressobj(wbits=31)
         try:
             chunk = d.decompress(data, limits.max_raw_bytes - produced + 1)
-        except zlib.error as e:
+        except zlib_ng.error as e:
             raise BlobError(f"corrupt gzip: {e}") from None
         produced += len(chunk)
         out.append(chunk)

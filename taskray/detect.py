@@ -79,7 +79,7 @@ _RUBRIC_TABLE = re.compile(r"^\s*\[?(rubric|judge|criteria)", re.M)
 _CODE_OR_CONFIG = (".py", ".sh", ".js", ".ts", ".rb", ".json", ".toml", ".yaml", ".yml")
 
 
-@dataclass
+@dataclass(slots=True)
 class Detection:
     has_verifier: bool = False
     verifier_kind: str = "none"

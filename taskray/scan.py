@@ -189,6 +189,7 @@ def scan_piece(item: dict, out_url: str) -> dict:
         "compressed_bytes": compressed,
         "verified": int(pc.sum(table["has_verifier"]).as_py() or 0),
         "seconds": time.perf_counter() - started,
+        "finished_at": time.time(),
     }
 
 
