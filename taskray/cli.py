@@ -12,7 +12,10 @@ import sys
 
 COMMANDS = {
     "scan": ("taskray.scan", "scan a TaskTrove corpus on Ray Data and write a verifier catalog"),
-    "export": ("taskray.export", "export tasks selected from a catalog as Harbor folders or TaskTrove shards"),
+    "export": (
+        "taskray.export",
+        "export tasks selected from a catalog as Harbor folders or TaskTrove shards",
+    ),
     "synth": ("taskray.synth", "generate a deterministic synthetic TaskTrove corpus"),
     "eval": ("taskray.evaluate", "evaluate HumanEval-style samples in Docker sandboxes on Ray actors"),
     "sandbox": ("taskray.sandbox.cli", "build, check and clean the Docker sandbox"),

@@ -113,8 +113,10 @@ class Store:
             bucket, root = split_s3(self.url)
             full = "/".join(p for p in (root, prefix.strip("/")) if p)
             names = []
-            for page in self._s3().get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=full + "/" if full else ""
+            for page in (
+                self._s3()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=bucket, Prefix=full + "/" if full else "")
             ):
                 for obj in page.get("Contents", []):
                     names.append(obj["Key"][len(root) + 1 if root else 0 :])
