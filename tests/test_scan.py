@@ -242,7 +242,17 @@ def test_ray_job_submit_against_a_running_head(corpus, tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="tr-head-", dir="/tmp")  # short: Ray's socket paths are length-limited
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    gcs_port, dashboard_port = free_port(), free_port()
+    dashboard_port = free_port()
+    # Every port on its own: another Ray on this machine (the session's local one) holds the defaults,
+    # and a head whose dashboard agent cannot bind accepts no jobs.
+    ports = [
+        f"--port={free_port()}",
+        f"--dashboard-port={dashboard_port}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+    ]
     head = subprocess.Popen(
         [
             "ray",
@@ -251,8 +261,7 @@ def test_ray_job_submit_against_a_running_head(corpus, tmp_path):
             "--block",
             "--num-cpus",
             "2",
-            f"--port={gcs_port}",
-            f"--dashboard-port={dashboard_port}",
+            *ports,
             "--dashboard-host=127.0.0.1",
             f"--temp-dir={temp_dir}",
             "--disable-usage-stats",
@@ -264,35 +273,33 @@ def test_ray_job_submit_against_a_running_head(corpus, tmp_path):
         start_new_session=True,
     )
     out = tmp_path / "job-out"
+    submit_cmd = [
+        "ray",
+        "job",
+        "submit",
+        "--address",
+        f"http://127.0.0.1:{dashboard_port}",
+        "--working-dir",
+        str(root),
+        "--",
+        "python",
+        "jobs/scan.py",
+        str(corpus),
+        "--out",
+        str(out),
+    ]
     try:
-        address = f"http://127.0.0.1:{dashboard_port}"
-        submit = None
-        for _ in range(60):
-            submit = subprocess.run(
-                [
-                    "ray",
-                    "job",
-                    "submit",
-                    "--address",
-                    address,
-                    "--working-dir",
-                    str(root),
-                    "--",
-                    "python",
-                    "jobs/scan.py",
-                    str(corpus),
-                    "--out",
-                    str(out),
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
+        deadline = time.monotonic() + 120
+        while True:  # the head takes a few seconds to accept jobs; retry only while it is not ready
+            submit = subprocess.run(submit_cmd, env=env, capture_output=True, text=True, timeout=300)
+            text = submit.stdout + submit.stderr
+            not_ready = (
+                "Failed to connect" in text or "No available agent" in text or "Connection refused" in text
             )
-            if "Failed to connect" not in submit.stderr + submit.stdout and submit.returncode == 0:
+            if submit.returncode == 0 or not not_ready or time.monotonic() > deadline:
                 break
             time.sleep(2)
-        assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-2000:]
+        assert submit.returncode == 0, text[-3000:]
         assert "scanned 1,200 tasks" in submit.stdout
     finally:
         os.killpg(head.pid, signal.SIGTERM)
