@@ -22,17 +22,9 @@ import time
 import zipfile
 from pathlib import Path
 
-ARTICLE_TOKENS = ("verifier", "verify", "grader", "judge", "score", "eval")
-ARTICLE_KEYS = {
-    "verifier",
-    "verifier_config",
-    "judge",
-    "grader",
-    "rubric",
-    "test_patch",
-    "FAIL_TO_PASS",
-    "tests",
-}
+from taskray.detect import ARTICLE_JSON_KEYS, ARTICLE_NAME_TOKENS  # the article's rule, one definition
+
+ARTICLE_KEYS = set(ARTICLE_JSON_KEYS)
 
 
 def article_is_verified(blob: bytes) -> bool:
@@ -56,7 +48,7 @@ def article_is_verified(blob: bytes) -> bool:
         except Exception:
             files = {"<blob>": data.decode("utf-8", errors="replace")}
     for name, text in files.items():
-        if any(t in name.lower() for t in ARTICLE_TOKENS):
+        if any(t in name.lower() for t in ARTICLE_NAME_TOKENS):
             return True
         if name.endswith(".json") or name == "<blob>":
             try:

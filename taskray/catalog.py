@@ -29,8 +29,7 @@ from taskray.storage import Store, arrow_filesystem
 
 
 def _is_scan_output(url: str) -> bool:
-    store = Store(url)
-    return store.exists("plan.json") or any(True for _ in store.list("catalog"))
+    return Store(url).exists("plan.json")  # a scan writes its plan before anything else
 
 
 class Catalog:

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from taskray.blob import Limits, normalise_join, parse_blob, want_all
+from taskray.blob import Limits, decompress, normalise_join, parse_blob, want_all
 from taskray.report import read_catalog
 from taskray.storage import Store, arrow_filesystem
 
@@ -117,8 +117,6 @@ def harbor_files(blob: bytes) -> dict[str, bytes]:
 
 
 def _payload(blob: bytes) -> bytes:
-    from taskray.blob import decompress
-
     return decompress(blob, EXPORT_LIMITS)[0]
 
 
