@@ -51,8 +51,17 @@ EXPECTED_KIND: dict[str, str | None] = {
     "gzip_bomb": "error",
     "zip_bomb": "error",
 }
-# Relative frequencies: mostly real-looking tasks, a sprinkle of the nasty ones.
-WEIGHTS = {f: 10 for f in EXPECTED_KIND} | {"gzip_bomb": 1, "zip_bomb": 1, "truncated": 2, "corrupt_gzip": 2}
+# Relative frequencies. "all": every family about equally, to exercise detection (tests, the sample).
+# "tasktrove": shaped like TaskTrove itself, where nearly every blob is a gzip'd Harbor tar and other
+# shapes are rare; benchmarks use it (without bombs, which the article's loop cannot survive).
+_OTHER_SHAPES = ("pytest_zip", "pytest_xz", "json_problem", "jsonl_problems", "text", "junk")
+PROFILES = {
+    "all": {f: 10 for f in EXPECTED_KIND}
+    | {"gzip_bomb": 1, "zip_bomb": 1, "truncated": 2, "corrupt_gzip": 2},
+    "tasktrove": {f: 10 for f in EXPECTED_KIND}
+    | dict.fromkeys(_OTHER_SHAPES, 0.5)
+    | {"truncated": 0.2, "corrupt_gzip": 0.2, "gzip_bomb": 0, "zip_bomb": 0},
+}
 
 TASK_TOML = """version = "1.0"
 
@@ -112,7 +121,9 @@ _VOCAB = (
 
 def _prose(rng: random.Random, words: int) -> str:
     """Text that compresses like real instructions (about 3:1), unlike a repeated phrase."""
-    out = [rng.choice(_VOCAB) + (f"_{rng.randrange(1000)}" if rng.random() < 0.15 else "") for _ in range(words)]
+    out = [
+        rng.choice(_VOCAB) + (f"_{rng.randrange(1000)}" if rng.random() < 0.15 else "") for _ in range(words)
+    ]
     return " ".join(out[i] + (".\n" if i % 14 == 13 else "") for i in range(words))
 
 
@@ -130,8 +141,8 @@ def _harbor(rng: random.Random, family: str, n: int, tests: dict[str, str], solu
             memory_mb=rng.choice([2048, 4096]),
             allow_internet=rng.choice(["true", "false"]),
         ),
-        "environment/Dockerfile": DOCKERFILE + "".join(f"RUN apt-get install -y {rng.choice(_VOCAB)}\n"
-                                                       for _ in range(rng.randint(1, 8))),
+        "environment/Dockerfile": DOCKERFILE
+        + "".join(f"RUN apt-get install -y {rng.choice(_VOCAB)}\n" for _ in range(rng.randint(1, 8))),
         "environment/app/notes.txt": _prose(rng, rng.randint(100, 900)),
         **tests,
     }
@@ -342,11 +353,12 @@ def synth_corpus(
     seed: int = 0,
     families: list[str] | None = None,
     row_group_size: int = 2000,
+    profile: str = "all",
 ) -> list[Path]:
     """Write `sources` folders `synth__source-<i>/tasks.parquet` holding `tasks` rows in all."""
     rng = random.Random(seed)
-    families = families or list(EXPECTED_KIND)
-    weights = [WEIGHTS[f] for f in families]
+    families = [f for f in families or EXPECTED_KIND if PROFILES[profile][f] > 0]
+    weights = [PROFILES[profile][f] for f in families]
     out = Path(out)
     written = []
     for s in range(sources):
@@ -372,11 +384,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", type=int, default=1000, help="number of task rows in all")
     parser.add_argument("--sources", type=int, default=4, help="number of source folders")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="all",
+        help="all: every family alike; tasktrove: nearly all gzip'd Harbor tars, like the real corpus",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if args.tasks < 0 or args.sources < 1:
         raise SystemExit("taskray synth: --tasks must be >= 0 and --sources >= 1")
-    files = synth_corpus(args.out, args.tasks, args.sources, args.seed)
+    files = synth_corpus(args.out, args.tasks, args.sources, args.seed, profile=args.profile)
     print(f"wrote {args.tasks} tasks in {len(files)} shards under {args.out}")
     return 0
