@@ -128,7 +128,7 @@ def _prose(rng: random.Random, words: int) -> str:
 
 
 def _harbor(rng: random.Random, family: str, n: int, tests: dict[str, str], solution: bool = True) -> dict:
-    # Sizes follow real TaskTrove/Harbor tasks: about 5 KB gzip'd, 10-20 KB raw, 6-9 files.
+    # Sizes like the real Harbor tasks in ../shared/data: a few KB gzip'd, 10-20 KB raw, 6-9 files.
     files = {
         "instruction.md": f"# Task {family} {n}\n\n" + _prose(rng, rng.randint(150, 700)),
         "task.toml": TASK_TOML.format(
