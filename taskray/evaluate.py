@@ -44,8 +44,9 @@ class EvalWorker:
 
     def run(self, jobs: list[dict]) -> list[dict]:
         results = self.pool.map((job["sources"], job["timeout"]) for job in jobs)
-        return [{"task_id": j["task_id"], "sample": j["sample"], **r.to_dict()}
-                for j, r in zip(jobs, results)]
+        return [
+            {"task_id": j["task_id"], "sample": j["sample"], **r.to_dict()} for j, r in zip(jobs, results)
+        ]
 
     def close(self) -> int:
         self.pool.close()
@@ -55,16 +56,23 @@ class EvalWorker:
 def make_jobs(problems: list[dict], samples: list[dict], timeout: float) -> list[dict]:
     by_id = {p["task_id"]: p for p in problems}
     return [
-        {"task_id": s["task_id"], "sample": s["sample"], "timeout": timeout,
-         "sources": humaneval.program_parts(by_id[s["task_id"]], s["completion"])}
+        {
+            "task_id": s["task_id"],
+            "sample": s["sample"],
+            "timeout": timeout,
+            "sources": humaneval.program_parts(by_id[s["task_id"]], s["completion"]),
+        }
         for s in samples
     ]
 
 
 def self_check_samples(problems: list[dict], repeat: int = 1) -> list[dict]:
     """Each problem's canonical solution, `repeat` times (as samples 0..repeat-1)."""
-    return [{"task_id": p["task_id"], "sample": i, "completion": humaneval.canonical_completion(p)}
-            for i in range(repeat) for p in problems]
+    return [
+        {"task_id": p["task_id"], "sample": i, "completion": humaneval.canonical_completion(p)}
+        for i in range(repeat)
+        for p in problems
+    ]
 
 
 def metrics(rows: list[dict], ks: tuple[int, ...] = (1, 10, 100)) -> dict:
@@ -86,8 +94,14 @@ def metrics(rows: list[dict], ks: tuple[int, ...] = (1, 10, 100)) -> dict:
     }
 
 
-def evaluate(jobs: list[dict], workers: int, containers: int, limits: Limits, fresh: bool = False,
-             progress: bool = True) -> list[dict]:
+def evaluate(
+    jobs: list[dict],
+    workers: int,
+    containers: int,
+    limits: Limits,
+    fresh: bool = False,
+    progress: bool = True,
+) -> list[dict]:
     """Run jobs on `workers` actors; rows come back in job order."""
     from tqdm import tqdm
 
@@ -163,15 +177,19 @@ def preflight() -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--problems", default="humaneval",
-                        help="`humaneval` (the Hub's openai/openai_humaneval), `humaneval:PATH` or a path")
+    parser.add_argument(
+        "--problems",
+        default="humaneval",
+        help="`humaneval` (the Hub's openai/openai_humaneval), `humaneval:PATH` or a path",
+    )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--samples", help="JSONL(.gz) of {task_id, completion}; several per task for pass@k")
     what.add_argument("--self-check", action="store_true", help="run each problem's canonical solution")
     parser.add_argument("--repeat", type=int, default=1, help="with --self-check: samples per problem")
     parser.add_argument("--out", default="taskray-out/eval", help="output folder or s3:// prefix")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="sandbox actors (default: one per CPU in the cluster)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="sandbox actors (default: one per CPU in the cluster)"
+    )
     parser.add_argument("--containers", type=int, default=2, help="warm containers per actor")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per sample (wall clock)")
     parser.add_argument("--memory-mb", type=int, default=512, help="memory per container (swap off)")
@@ -197,8 +215,11 @@ def run(args) -> int:
     init_ray(num_cpus=args.num_cpus)
     workers = args.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     limits = Limits(memory_mb=args.memory_mb)
-    print(f"eval: {len(jobs)} samples of {len({s['task_id'] for s in samples})} tasks on {workers} actor(s) "
-          f"x {args.containers} container(s)", file=sys.stderr)
+    print(
+        f"eval: {len(jobs)} samples of {len({s['task_id'] for s in samples})} tasks on {workers} actor(s) "
+        f"x {args.containers} container(s)",
+        file=sys.stderr,
+    )
     start = time.monotonic()
     rows = evaluate(jobs, workers, args.containers, limits, args.fresh_container, not args.no_progress)
     wall = time.monotonic() - start
@@ -215,11 +236,17 @@ def run(args) -> int:
     }
     write_outputs(args.out, rows, summary)
     print(json.dumps({k: summary[k] for k in ("passed", "samples", "counts", "pass_at_k", "samples_per_s")}))
-    print(f"eval: {summary['passed']}/{summary['samples']} passed in {wall:.1f}s "
-          f"({summary['samples_per_s']:.0f} samples/s); wrote {args.out}", file=sys.stderr)
+    print(
+        f"eval: {summary['passed']}/{summary['samples']} passed in {wall:.1f}s "
+        f"({summary['samples_per_s']:.0f} samples/s); wrote {args.out}",
+        file=sys.stderr,
+    )
     if summary["infra_errors"]:
-        print(f"eval: {summary['infra_errors']} sample(s) hit infrastructure errors after retries; "
-              "they are excluded from pass@k", file=sys.stderr)
+        print(
+            f"eval: {summary['infra_errors']} sample(s) hit infrastructure errors after retries; "
+            "they are excluded from pass@k",
+            file=sys.stderr,
+        )
         return 2
     if args.self_check and summary["passed"] != summary["samples"]:
         failed = sorted({r["task_id"] for r in rows if r["status"] != "passed"})

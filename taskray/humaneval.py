@@ -52,8 +52,10 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
 def _check_problem(obj: dict, where: str) -> dict:
     missing = [f for f in FIELDS if not isinstance(obj.get(f), str) or (f != "prompt" and not obj.get(f))]
     if missing:
-        raise ValueError(f"{where}: problem {obj.get('task_id', '?')!r} lacks text field(s) {missing}; "
-                         f"HumanEval problems need {list(FIELDS)}")
+        raise ValueError(
+            f"{where}: problem {obj.get('task_id', '?')!r} lacks text field(s) {missing}; "
+            f"HumanEval problems need {list(FIELDS)}"
+        )
     if not obj["entry_point"].isidentifier():
         raise ValueError(f"{where}: entry_point {obj['entry_point']!r} is not a Python name")
     return {f: obj[f] for f in FIELDS}
@@ -67,14 +69,17 @@ def load_problems(spec: str) -> list[dict]:
         try:
             ds = load_dataset(HUB_ID, split="test")
         except Exception as e:  # offline, no token, Hub down: say so, and how to avoid the Hub
-            raise RuntimeError(f"--problems {spec!r}: cannot load {HUB_ID} from the Hugging Face Hub ({e}); "
-                               "pass a local copy as humaneval:PATH") from e
+            raise RuntimeError(
+                f"--problems {spec!r}: cannot load {HUB_ID} from the Hugging Face Hub ({e}); "
+                "pass a local copy as humaneval:PATH"
+            ) from e
         problems = [_check_problem(row, f"{HUB_ID} row {i}") for i, row in enumerate(ds)]
     else:
         path = Path(spec.removeprefix("humaneval:"))
         if not spec.startswith("humaneval:") and not path.exists():
-            raise ValueError(f"--problems {spec!r}: expected `humaneval`, `humaneval:PATH` or an existing "
-                             "JSONL(.gz) path")
+            raise ValueError(
+                f"--problems {spec!r}: expected `humaneval`, `humaneval:PATH` or an existing JSONL(.gz) path"
+            )
         problems = [_check_problem(obj, f"{path}:{n}") for n, obj in _read_jsonl(path)]
     if not problems:
         raise ValueError(f"--problems {spec!r}: no problems found")
@@ -194,6 +199,7 @@ def check_completion(problem: dict, completion: str, timeout: float = 10.0) -> b
 
     result = _shared_pool().run(program_parts(problem, completion), timeout)
     if result.status == "infra_error":
-        raise InfraError(f"{problem['task_id']}: sandbox failed after {result.attempts} attempts: "
-                         f"{result.detail}")
+        raise InfraError(
+            f"{problem['task_id']}: sandbox failed after {result.attempts} attempts: {result.detail}"
+        )
     return result.passed

@@ -44,14 +44,16 @@ FORMAT = "taskray-mix/1"
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 PART = pa.struct([("type", pa.string()), ("text", pa.string())])
 FULL_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("parts", pa.list_(PART))])
-SCHEMA = pa.schema([
-    ("example_id", pa.int64()),
-    ("prompt", pa.list_(MESSAGE)),
-    ("answer", pa.string()),
-    ("info", pa.string()),
-    ("task", pa.string()),
-    ("messages", pa.list_(FULL_MESSAGE)),
-])
+SCHEMA = pa.schema(
+    [
+        ("example_id", pa.int64()),
+        ("prompt", pa.list_(MESSAGE)),
+        ("answer", pa.string()),
+        ("info", pa.string()),
+        ("task", pa.string()),
+        ("messages", pa.list_(FULL_MESSAGE)),
+    ]
+)
 
 
 class MixError(RuntimeError):
@@ -59,6 +61,7 @@ class MixError(RuntimeError):
 
 
 # -- planning: tasks, index, shards (plain functions, no Ray) ------------------------------------------
+
 
 @dataclass
 class SplitPlan:
@@ -93,8 +96,10 @@ def build_split(name: str, split: SplitSpec, seed: int) -> SplitPlan:
     if split.by_proportion:
         counts = counts_for_proportions(lengths, [e.proportion for e in split.entries], split.stopping)
     else:
-        weights = [e.repeat if e.repeat is not None else e.weight if e.weight is not None else 1.0
-                   for e in split.entries]
+        weights = [
+            e.repeat if e.repeat is not None else e.weight if e.weight is not None else 1.0
+            for e in split.entries
+        ]
         counts = counts_for_weights(lengths, weights)
     index = MixtureIndex([Component(n, c) for n, c in zip(lengths, counts)], seed, split.mode == "shuffle")
     if len(index) == 0:
@@ -148,8 +153,10 @@ def render_rows(plan: SplitPlan, start: int, stop: int, shuffled: bool = True) -
     """Rows at positions [start, stop) of the split (of its unshuffled concatenation if not `shuffled`)."""
     index = plan.index if shuffled else MixtureIndex(plan.index.components, shuffle=False)
     comps, locals_, flats = index.lookup(np.arange(start, stop))
-    return [make_row(plan.tasks[c], plan.entries[c], int(loc), int(f))
-            for c, loc, f in zip(comps.tolist(), locals_.tolist(), flats.tolist())]
+    return [
+        make_row(plan.tasks[c], plan.entries[c], int(loc), int(f))
+        for c, loc, f in zip(comps.tolist(), locals_.tolist(), flats.tolist())
+    ]
 
 
 def parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
@@ -171,8 +178,10 @@ def rows_per_shard(plan: SplitPlan, spec: MixSpec) -> int:
     sample = sorted(set(np.linspace(0, n - 1, min(n, 256)).astype(np.int64).tolist()))
     index = MixtureIndex(plan.index.components, shuffle=False)
     comps, locals_, flats = index.lookup(np.array(sample))
-    rows = [make_row(plan.tasks[c], plan.entries[c], int(loc), int(f))
-            for c, loc, f in zip(comps.tolist(), locals_.tolist(), flats.tolist())]
+    rows = [
+        make_row(plan.tasks[c], plan.entries[c], int(loc), int(f))
+        for c, loc, f in zip(comps.tolist(), locals_.tolist(), flats.tolist())
+    ]
     per_row = len(parquet_bytes(rows)) / len(rows)
     return max(1, int(spec.shard_size_mb * 2**20 / per_row))
 
@@ -183,18 +192,29 @@ def shard_name(split: str, i: int, n: int) -> str:
 
 def plan_shards(n_rows: int, per_shard: int, split: str) -> list[tuple[str, int, int]]:
     count = max(1, math.ceil(n_rows / per_shard))
-    return [(shard_name(split, i, count), i * per_shard, min(n_rows, (i + 1) * per_shard))
-            for i in range(count)]
+    return [
+        (shard_name(split, i, count), i * per_shard, min(n_rows, (i + 1) * per_shard)) for i in range(count)
+    ]
 
 
 def plan_id(spec: MixSpec, inputs: dict, layout: dict) -> str:
     """What decides the bytes of the shards: spec, inputs, shard layout, schema, format."""
-    blob = json.dumps({"format": FORMAT, "spec": spec.raw, "inputs": inputs, "layout": layout,
-                       "schema": SCHEMA.to_string()}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "format": FORMAT,
+            "spec": spec.raw,
+            "inputs": inputs,
+            "layout": layout,
+            "schema": SCHEMA.to_string(),
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 # -- workers ------------------------------------------------------------------------------------------
+
 
 @lru_cache(maxsize=4)
 def _worker_plan(spec_json: str, split: str) -> SplitPlan:
@@ -203,15 +223,28 @@ def _worker_plan(spec_json: str, split: str) -> SplitPlan:
     return build_split(split, spec.splits[split], spec.seed)
 
 
-def render_shard(spec_json: str, split: str, name: str, start: int, stop: int, out: str, pid: str,
-                 multipart_mb: float | None = None) -> dict[str, Any]:
+def render_shard(
+    spec_json: str,
+    split: str,
+    name: str,
+    start: int,
+    stop: int,
+    out: str,
+    pid: str,
+    multipart_mb: float | None = None,
+) -> dict[str, Any]:
     """Render positions [start, stop) of a split, store the shard, then its receipt."""
     if multipart_mb:
         storage.MULTIPART_THRESHOLD = int(multipart_mb * 2**20)
     plan = _worker_plan(spec_json, split)
     data = parquet_bytes(render_rows(plan, start, stop))
-    receipt = {"plan_id": pid, "path": name, "rows": stop - start, "bytes": len(data),
-               "sha256": hashlib.sha256(data).hexdigest()}
+    receipt = {
+        "plan_id": pid,
+        "path": name,
+        "rows": stop - start,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
     store = storage.Store(out)
     staging = store.staging_dir()
     local = os.path.join(staging, os.path.basename(name))
@@ -228,18 +261,23 @@ def render_shard(spec_json: str, split: str, name: str, start: int, stop: int, o
 
 # -- driver -------------------------------------------------------------------------------------------
 
+
 def mix(spec: MixSpec, out: str, num_cpus: int | None = None, multipart_mb: float | None = None) -> dict:
     """Build every split of `spec` and export it to `out` (a folder or s3://bucket/prefix); returns the
     manifest. Resumes a crashed export of the same spec; refuses a DEST holding a different one."""
     t0 = time.monotonic()
     plans = {name: build_split(name, split, spec.seed) for name, split in spec.splits.items()}
-    inputs = {name: [{"task": e.name, "source": t.fingerprint()} for e, t in zip(p.entries, p.tasks)]
-              for name, p in plans.items()}
+    inputs = {
+        name: [{"task": e.name, "source": t.fingerprint()} for e, t in zip(p.entries, p.tasks)]
+        for name, p in plans.items()
+    }
     layout = {name: rows_per_shard(p, spec) for name, p in plans.items()}
     pid = plan_id(spec, inputs, layout)
     shards = {name: plan_shards(len(p), layout[name], name) for name, p in plans.items()}
-    _say(f"planned {', '.join(f'{n}: {len(p)} rows in {len(shards[n])} shards' for n, p in plans.items())}"
-         f" ({time.monotonic() - t0:.1f}s)")
+    _say(
+        f"planned {', '.join(f'{n}: {len(p)} rows in {len(shards[n])} shards' for n, p in plans.items())}"
+        f" ({time.monotonic() - t0:.1f}s)"
+    )
 
     store = storage.Store(out)
     if store.exists("manifest.json"):
@@ -247,8 +285,10 @@ def mix(spec: MixSpec, out: str, num_cpus: int | None = None, multipart_mb: floa
         if manifest.get("plan_id") == pid:
             _say(f"{out} already holds this export (manifest.json); nothing to do")
             return manifest
-        raise MixError(f"{out} already holds a different export (manifest.json, plan "
-                       f"{manifest.get('plan_id')}); choose another --out")
+        raise MixError(
+            f"{out} already holds a different export (manifest.json, plan "
+            f"{manifest.get('plan_id')}); choose another --out"
+        )
     done = _receipts(store, pid, out)
     todo = [(split, name, a, b) for split, lst in shards.items() for name, a, b in lst if name not in done]
     if done:
@@ -263,8 +303,10 @@ def mix(spec: MixSpec, out: str, num_cpus: int | None = None, multipart_mb: floa
         _say(f"rendering on Ray with {ray.cluster_resources().get('CPU', 0):g} CPUs")
         remote = ray.remote(render_shard)
         spec_json = json.dumps(spec.raw, sort_keys=True)
-        pending = {remote.remote(spec_json, split, name, a, b, out, pid, multipart_mb): name
-                   for split, name, a, b in todo}
+        pending = {
+            remote.remote(spec_json, split, name, a, b, out, pid, multipart_mb): name
+            for split, name, a, b in todo
+        }
         total_rows, started = sum(b - a for _, _, a, b in todo), time.monotonic()
         rows_done = 0
         while pending:
@@ -276,13 +318,17 @@ def mix(spec: MixSpec, out: str, num_cpus: int | None = None, multipart_mb: floa
                 for ref in pending:
                     ray.cancel(ref)
                 cause = getattr(err, "cause", None) or err
-                raise MixError(f"shard {name} failed: {type(cause).__name__}: {cause}; "
-                               f"{len(done)} shards are stored, rerun the same command to finish") from None
+                raise MixError(
+                    f"shard {name} failed: {type(cause).__name__}: {cause}; "
+                    f"{len(done)} shards are stored, rerun the same command to finish"
+                ) from None
             done[name] = receipt
             rows_done += receipt["rows"]
             rate = rows_done / max(time.monotonic() - started, 1e-9)
-            _say(f"{len(done)}/{sum(map(len, shards.values()))} shards, {rows_done}/{total_rows} rows"
-                 f" ({rate:,.0f} rows/s)")
+            _say(
+                f"{len(done)}/{sum(map(len, shards.values()))} shards, {rows_done}/{total_rows} rows"
+                f" ({rate:,.0f} rows/s)"
+            )
 
     manifest = {
         "format": FORMAT,
@@ -297,8 +343,9 @@ def mix(spec: MixSpec, out: str, num_cpus: int | None = None, multipart_mb: floa
             name: {
                 "rows": len(p),
                 "rows_per_task": p.rows_per_task(),
-                "shards": [{k: done[s][k] for k in ("path", "rows", "bytes", "sha256")}
-                           for s, _, _ in shards[name]],
+                "shards": [
+                    {k: done[s][k] for k in ("path", "rows", "bytes", "sha256")} for s, _, _ in shards[name]
+                ],
             }
             for name, p in plans.items()
         },
@@ -314,8 +361,9 @@ def _receipts(store: storage.Store, pid: str, out: str) -> dict[str, dict]:
     for rel in store.list("_progress"):
         receipt = json.loads(store.read_bytes(rel))
         if receipt.get("plan_id") != pid:
-            raise MixError(f"{out} holds part of a different export ({rel}); "
-                           "delete it or choose another --out")
+            raise MixError(
+                f"{out} holds part of a different export ({rel}); delete it or choose another --out"
+            )
         done[receipt["path"]] = receipt
     return done
 
@@ -326,14 +374,23 @@ def _say(msg: str) -> None:
 
 # -- command line -------------------------------------------------------------------------------------
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="mixture spec (YAML)")
     parser.add_argument("--out", required=True, help="destination: a folder or s3://bucket/prefix")
     parser.add_argument("--seed", type=int, default=None, help="override the spec's seed")
-    parser.add_argument("--num-cpus", type=int, default=None,
-                        help="CPUs of a local Ray (ignored when RAY_ADDRESS names a cluster)")
-    parser.add_argument("--multipart-mb", type=float, default=None,
-                        help="upload shards above this size in parts (default: storage's 64 MiB)")
+    parser.add_argument(
+        "--num-cpus",
+        type=int,
+        default=None,
+        help="CPUs of a local Ray (ignored when RAY_ADDRESS names a cluster)",
+    )
+    parser.add_argument(
+        "--multipart-mb",
+        type=float,
+        default=None,
+        help="upload shards above this size in parts (default: storage's 64 MiB)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,8 +32,16 @@ from typing import Any
 import yaml
 
 PATH_ARGS = ("path", "filepath", "url")
-TOP_KEYS = {"name", "seed", "system_prompt", "few_shot", "rollouts_per_example", "shard_size_mb",
-            "rows_per_shard", "splits"}
+TOP_KEYS = {
+    "name",
+    "seed",
+    "system_prompt",
+    "few_shot",
+    "rollouts_per_example",
+    "shard_size_mb",
+    "rows_per_shard",
+    "splits",
+}
 ENTRY_KEYS = {"task", "name", "args", "repeat", "weight", "proportion", "slice", "system_prompt", "few_shot"}
 SPLIT_KEYS = {"mode", "stopping", "tasks"}
 
@@ -172,8 +180,9 @@ def _entry(e: Any, w: str, base: Path | None, system_prompt: str | None, few_sho
         slice=(start, stop, step),
         repeat=None if e.get("repeat") is None else _int(e["repeat"], f"{w}.repeat", 0),
         weight=None if e.get("weight") is None else _number(e["weight"], f"{w}.weight"),
-        proportion=None if e.get("proportion") is None else _number(e["proportion"], f"{w}.proportion",
-                                                                     1e-12),
+        proportion=None
+        if e.get("proportion") is None
+        else _number(e["proportion"], f"{w}.proportion", 1e-12),
         system_prompt=e.get("system_prompt", system_prompt),
         few_shot=_int(e.get("few_shot", few_shot), f"{w}.few_shot", 0),
     )
@@ -182,8 +191,9 @@ def _entry(e: Any, w: str, base: Path | None, system_prompt: str | None, few_sho
 def _no_unknown(d: dict, known: set[str], where: str) -> None:
     unknown = sorted(set(d) - known)
     if unknown:
-        raise SpecError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}; "
-                        f"known: {', '.join(sorted(known))}")
+        raise SpecError(
+            f"{where}: unknown field(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}"
+        )
 
 
 def _int(v: Any, where: str, minimum: int | None = None) -> int:

@@ -86,8 +86,9 @@ def counts_for_weights(lengths: Sequence[int], weights: Sequence[float]) -> list
     return [int(round(n * w)) for n, w in zip(lengths, weights)]
 
 
-def counts_for_proportions(lengths: Sequence[int], proportions: Sequence[float],
-                           stopping: str = "first_exhausted") -> list[int]:
+def counts_for_proportions(
+    lengths: Sequence[int], proportions: Sequence[float], stopping: str = "first_exhausted"
+) -> list[int]:
     """Rows per task for a mixture by proportions, with `interleave_datasets`' stopping rules.
 
     Sampling task i with probability p_i, the stream of `first_exhausted` ends when some task runs out:

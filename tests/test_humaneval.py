@@ -55,15 +55,22 @@ def test_bad_problem_files_are_named_with_the_line(tmp_path):
 
 def test_samples_are_numbered_per_task_and_checked(problems, tmp_path):
     path = tmp_path / "s.jsonl.gz"
-    rows = [{"task_id": "HumanEval/1", "completion": "a"}, {"task_id": "HumanEval/0", "completion": "b"},
-            {"task_id": "HumanEval/1", "completion": "c"}]
+    rows = [
+        {"task_id": "HumanEval/1", "completion": "a"},
+        {"task_id": "HumanEval/0", "completion": "b"},
+        {"task_id": "HumanEval/1", "completion": "c"},
+    ]
     with gzip.open(path, "wt") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     assert [(s["task_id"], s["sample"]) for s in load_samples(path, problems)] == [
-        ("HumanEval/1", 0), ("HumanEval/0", 0), ("HumanEval/1", 1)]
+        ("HumanEval/1", 0),
+        ("HumanEval/0", 0),
+        ("HumanEval/1", 1),
+    ]
     unknown = tmp_path / "u.jsonl"
-    unknown.write_text('{"task_id": "HumanEval/0", "completion": "x"}\n'
-                       '{"task_id": "Nope/1", "completion": "x"}\n')
+    unknown.write_text(
+        '{"task_id": "HumanEval/0", "completion": "x"}\n{"task_id": "Nope/1", "completion": "x"}\n'
+    )
     with pytest.raises(ValueError, match=r"u.jsonl:2: task_id 'Nope/1' is not among the problems"):
         load_samples(unknown, problems)
     unknown.write_text('{"task_id": "HumanEval/0"}\n')
@@ -99,8 +106,9 @@ def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
     return sum(any(s) for s in subsets) / len(subsets)
 
 
-@pytest.mark.parametrize("n, c, k", [(1, 0, 1), (1, 1, 1), (5, 2, 1), (5, 2, 3), (6, 1, 5), (8, 3, 8),
-                                     (7, 0, 4)])
+@pytest.mark.parametrize(
+    "n, c, k", [(1, 0, 1), (1, 1, 1), (5, 2, 1), (5, 2, 3), (6, 1, 5), (8, 3, 8), (7, 0, 4)]
+)
 def test_pass_at_k_matches_its_definition(n, c, k):
     assert pass_at_k(n, c, k) == pytest.approx(brute_force_pass_at_k(n, c, k))
 

@@ -83,23 +83,37 @@ def test_index_over_ten_million_rows_is_fast_and_holds_no_per_row_objects():
 
 # -- the spec ------------------------------------------------------------------------------------------
 
+
 def spec_dict(**over) -> dict:
-    d = {"seed": 0, "splits": {"train": [{"task": "spellingbee", "args": {"size": 30}},
-                                          {"task": "simplespelling", "args": {"size": 10}, "repeat": 2}]}}
+    d = {
+        "seed": 0,
+        "splits": {
+            "train": [
+                {"task": "spellingbee", "args": {"size": 30}},
+                {"task": "simplespelling", "args": {"size": 10}, "repeat": 2},
+            ]
+        },
+    }
     d.update(over)
     return d
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"seeed": 1}, "unknown field(s) seeed"),
-    ({"splits": {"train": [{"task": "nope"}]}}, "splits.train.tasks[0].task: unknown task 'nope'"),
-    ({"splits": {"train": [{"task": "arc", "repeat": 2, "weight": 1.0}]}}, "one of repeat, weight"),
-    ({"splits": {"train": [{"task": "arc", "proportion": 0.5}, {"task": "mmlu"}]}}, "every task a"),
-    ({"splits": {"train": [{"task": "arc", "slice": {"start": 5, "stop": 2}}]}}, "slice.stop: must be >= 5"),
-    ({"splits": {"train": {"mode": "random", "tasks": [{"task": "arc"}]}}}, "mode: must be shuffle or"),
-    ({"seed": "x"}, "seed: expected an integer"),
-    ({"splits": {}}, "'splits' must map"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"seeed": 1}, "unknown field(s) seeed"),
+        ({"splits": {"train": [{"task": "nope"}]}}, "splits.train.tasks[0].task: unknown task 'nope'"),
+        ({"splits": {"train": [{"task": "arc", "repeat": 2, "weight": 1.0}]}}, "one of repeat, weight"),
+        ({"splits": {"train": [{"task": "arc", "proportion": 0.5}, {"task": "mmlu"}]}}, "every task a"),
+        (
+            {"splits": {"train": [{"task": "arc", "slice": {"start": 5, "stop": 2}}]}},
+            "slice.stop: must be >= 5",
+        ),
+        ({"splits": {"train": {"mode": "random", "tasks": [{"task": "arc"}]}}}, "mode: must be shuffle or"),
+        ({"seed": "x"}, "seed: expected an integer"),
+        ({"splits": {}}, "'splits' must map"),
+    ],
+)
 def test_spec_errors_name_the_field(change, message):
     with pytest.raises(SpecError) as err:
         parse_spec(spec_dict(**change), where="my.yaml")
@@ -107,13 +121,15 @@ def test_spec_errors_name_the_field(change, message):
 
 
 def test_spec_resolves_paths_against_its_folder(tmp_path):
-    spec = parse_spec({"splits": {"train": [{"task": "customjson", "args": {"filepath": "data/c.jsonl"}}]}},
-                      base=tmp_path)
+    spec = parse_spec(
+        {"splits": {"train": [{"task": "customjson", "args": {"filepath": "data/c.jsonl"}}]}}, base=tmp_path
+    )
     assert spec.splits["train"].entries[0].args["filepath"] == str(tmp_path / "data/c.jsonl")
     assert spec.raw["splits"]["train"]["tasks"][0]["args"]["filepath"] == str(tmp_path / "data/c.jsonl")
 
 
 # -- rows ----------------------------------------------------------------------------------------------
+
 
 def test_rows_follow_the_verifiers_schema_with_system_prompt_and_few_shot(shared_data):
     task = GSM8K("main", "test", path=shared_data / "gsm8k")
@@ -141,23 +157,40 @@ def test_a_conversations_own_system_message_wins(tmp_path):
     from taskray.tasks.smoltalk import SmolTalk
 
     file = tmp_path / "talk.jsonl"
-    rows = [{"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "q0"},
-                          {"role": "assistant", "content": "a0"}]},
-            {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]}]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "own"},
+                {"role": "user", "content": "q0"},
+                {"role": "assistant", "content": "a0"},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]},
+    ]
     file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = SmolTalk("train", path=file, shuffle_seed=None)
     entry = Entry("smoltalk", "smoltalk", {}, system_prompt="spec", few_shot=1)
     first, second = make_row(task, entry, 0, 0), make_row(task, entry, 1, 1)
     assert [(m["role"], m["content"]) for m in first["prompt"]] == [
-        ("system", "own"), ("user", "q1"), ("assistant", "a1"), ("user", "q0")]
+        ("system", "own"),
+        ("user", "q1"),
+        ("assistant", "a1"),
+        ("user", "q0"),
+    ]
     assert [(m["role"], m["content"]) for m in second["prompt"]] == [
-        ("system", "spec"), ("user", "q0"), ("assistant", "a0"), ("user", "q1")]
+        ("system", "spec"),
+        ("user", "q0"),
+        ("assistant", "a0"),
+        ("user", "q1"),
+    ]
     assert first["answer"] == "a0" and first["messages"][-1]["content"] == "a0"
 
 
 def test_shard_layout_does_not_depend_on_the_seed():
-    plans = [build_split("train", parse_spec(spec_dict(seed=s, shard_size_mb=0.01)).splits["train"], s)
-             for s in (0, 1)]
+    plans = [
+        build_split("train", parse_spec(spec_dict(seed=s, shard_size_mb=0.01)).splits["train"], s)
+        for s in (0, 1)
+    ]
     spec = parse_spec(spec_dict(shard_size_mb=0.01))
     assert rows_per_shard(plans[0], spec) == rows_per_shard(plans[1], spec)
     rows = [render_rows(p, 0, len(p)) for p in plans]
@@ -169,15 +202,24 @@ def test_shard_layout_does_not_depend_on_the_seed():
 
 
 def test_listing_a_task_twice_oversamples_it():
-    spec = parse_spec({"splits": {"train": [{"task": "spellingbee", "args": {"size": 5}},
-                                            {"task": "spellingbee", "args": {"size": 5}},
-                                            {"task": "simplespelling", "args": {"size": 5}, "weight": 0.4}]}})
+    spec = parse_spec(
+        {
+            "splits": {
+                "train": [
+                    {"task": "spellingbee", "args": {"size": 5}},
+                    {"task": "spellingbee", "args": {"size": 5}},
+                    {"task": "simplespelling", "args": {"size": 5}, "weight": 0.4},
+                ]
+            }
+        }
+    )
     plan = build_split("train", spec.splits["train"], 0)
     assert plan.tasks[0] is plan.tasks[1]  # built once
     rows = render_rows(plan, 0, len(plan))
     bee = [r["prompt"][-1]["content"] for r in rows if r["task"] == "spellingbee"]
-    assert len(bee) == 10 and sorted(bee) == sorted(2 * [SpellingBee(size=5)[i]["messages"][0]["content"]
-                                                         for i in range(5)])
+    assert len(bee) == 10 and sorted(bee) == sorted(
+        2 * [SpellingBee(size=5)[i]["messages"][0]["content"] for i in range(5)]
+    )
     spelled = {r["prompt"][-1]["content"] for r in rows if r["task"] == "simplespelling"}
     assert len(spelled) == 2
     assert spelled <= {SimpleSpelling(size=5)[i]["messages"][0]["content"] for i in range(5)}
@@ -186,9 +228,19 @@ def test_listing_a_task_twice_oversamples_it():
 
 def test_spec_proportions_with_stopping_rules():
     def plan(stopping: str):
-        spec = parse_spec({"splits": {"train": {"stopping": stopping, "tasks": [
-            {"task": "spellingbee", "args": {"size": 100}, "proportion": 0.25},
-            {"task": "simplespelling", "args": {"size": 60}, "proportion": 0.75}]}}})
+        spec = parse_spec(
+            {
+                "splits": {
+                    "train": {
+                        "stopping": stopping,
+                        "tasks": [
+                            {"task": "spellingbee", "args": {"size": 100}, "proportion": 0.25},
+                            {"task": "simplespelling", "args": {"size": 60}, "proportion": 0.75},
+                        ],
+                    }
+                }
+            }
+        )
         return build_split("train", spec.splits["train"], 0)
 
     # first_exhausted: simplespelling runs out first, after 60 / 0.75 = 80 rows

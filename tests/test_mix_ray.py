@@ -31,25 +31,56 @@ def taskray_mix(spec: Path, out: str, *args: str, timeout: float = 300) -> subpr
 
 def write_spec(tmp_path: Path, shared_data: Path, **over) -> Path:
     convs = tmp_path / "identity.jsonl"
-    convs.write_text("".join(json.dumps([{"role": "user", "content": f"who are you {i}?"},
-                                         {"role": "assistant", "content": f"taskray {i}"}]) + "\n"
-                             for i in range(40)))
+    convs.write_text(
+        "".join(
+            json.dumps(
+                [
+                    {"role": "user", "content": f"who are you {i}?"},
+                    {"role": "assistant", "content": f"taskray {i}"},
+                ]
+            )
+            + "\n"
+            for i in range(40)
+        )
+    )
     spec = {
-        "name": "test-mix", "seed": 0, "rows_per_shard": 250, "rollouts_per_example": 4,
+        "name": "test-mix",
+        "seed": 0,
+        "rows_per_shard": 250,
+        "rollouts_per_example": 4,
         "splits": {
             "train": [
-                {"task": "arc", "args": {"subset": "ARC-Challenge", "split": "validation",
-                                         "path": str(shared_data / "arc")}, "repeat": 2},
-                {"task": "gsm8k", "slice": {"stop": 400},
-                 "args": {"subset": "main", "split": "test", "path": str(shared_data / "gsm8k")}},
+                {
+                    "task": "arc",
+                    "args": {
+                        "subset": "ARC-Challenge",
+                        "split": "validation",
+                        "path": str(shared_data / "arc"),
+                    },
+                    "repeat": 2,
+                },
+                {
+                    "task": "gsm8k",
+                    "slice": {"stop": 400},
+                    "args": {"subset": "main", "split": "test", "path": str(shared_data / "gsm8k")},
+                },
                 {"task": "spellingbee", "args": {"size": 300}, "weight": 0.5},
-                {"task": "customjson", "args": {"filepath": "identity.jsonl"},
-                 "system_prompt": "Be taskray."},
+                {
+                    "task": "customjson",
+                    "args": {"filepath": "identity.jsonl"},
+                    "system_prompt": "Be taskray.",
+                },
             ],
-            "eval": {"mode": "sequence", "tasks": [
-                {"task": "mmlu", "args": {"subset": "all", "split": "dev", "path": str(shared_data / "mmlu")},
-                 "few_shot": 1},
-            ]},
+            "eval": {
+                "mode": "sequence",
+                "tasks": [
+                    {
+                        "task": "mmlu",
+                        "args": {"subset": "all", "split": "dev", "path": str(shared_data / "mmlu")},
+                        "few_shot": 1,
+                    },
+                ],
+            },
         },
     }
     spec.update(over)
@@ -80,18 +111,25 @@ def test_same_shards_at_one_and_two_cpus_and_resume(tmp_path, shared_data, ray_l
     assert (one / "manifest.json").read_bytes() == (two / "manifest.json").read_bytes()
     manifest = json.loads((one / "manifest.json").read_text())
     assert manifest["seed"] == 0 and manifest["rollouts_per_example"] == 4
-    assert manifest["splits"]["train"]["rows_per_task"] == {"arc": 598, "gsm8k": 400, "spellingbee": 150,
-                                                            "customjson": 40}
+    assert manifest["splits"]["train"]["rows_per_task"] == {
+        "arc": 598,
+        "gsm8k": 400,
+        "spellingbee": 150,
+        "customjson": 40,
+    }
     assert manifest["splits"]["eval"]["rows"] == 285
     listed = {s["path"].split("/")[-1]: s for split in manifest["splits"].values() for s in split["shards"]}
     assert {n: s["sha256"] for n, s in listed.items()} == hashes
     inputs = {i["task"]: i["source"] for i in manifest["inputs"]["train"]}
-    assert inputs["customjson"]["files"] == {"identity.jsonl": hashlib.sha256(
-        (tmp_path / "identity.jsonl").read_bytes()).hexdigest()}
+    assert inputs["customjson"]["files"] == {
+        "identity.jsonl": hashlib.sha256((tmp_path / "identity.jsonl").read_bytes()).hexdigest()
+    }
 
     # the shards load as they are, and hold every row of the plan exactly once
-    ds = datasets.load_dataset("parquet", data_files={"train": str(one / "data/train-*.parquet"),
-                                                      "eval": str(one / "data/eval-*.parquet")})
+    ds = datasets.load_dataset(
+        "parquet",
+        data_files={"train": str(one / "data/train-*.parquet"), "eval": str(one / "data/eval-*.parquet")},
+    )
     assert ds["train"].num_rows == 1188 and ds["eval"].num_rows == 285
     assert sorted(ds["train"]["example_id"]) == list(range(1188))
     assert ds["eval"]["example_id"] == list(range(285))  # a sequence keeps the tasks' order
@@ -125,10 +163,20 @@ def test_same_shards_at_one_and_two_cpus_and_resume(tmp_path, shared_data, ray_l
 
 
 def test_s3_export_survives_an_outage(s3, bucket, tmp_path, shared_data, ray_local, capsys):
-    spec = write_spec(tmp_path, shared_data, rows_per_shard=60, splits={"train": [
-        {"task": "spellingbee", "args": {"size": 3000}},
-        {"task": "gsm8k", "args": {"subset": "main", "split": "test", "path": str(shared_data / "gsm8k")}},
-    ]})
+    spec = write_spec(
+        tmp_path,
+        shared_data,
+        rows_per_shard=60,
+        splits={
+            "train": [
+                {"task": "spellingbee", "args": {"size": 3000}},
+                {
+                    "task": "gsm8k",
+                    "args": {"subset": "main", "split": "test", "path": str(shared_data / "gsm8k")},
+                },
+            ]
+        },
+    )
     out = f"s3://{bucket}/mixes/run1"
     client = s3.client()
 
@@ -136,8 +184,19 @@ def test_s3_export_survives_an_outage(s3, bucket, tmp_path, shared_data, ray_loc
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"mixes/run1/{prefix}")
         return sorted(o["Key"].removeprefix("mixes/run1/") for p in pages for o in p.get("Contents", []))
 
-    cmd = [sys.executable, "-m", "taskray.cli", "mix", str(spec), "--out", out, "--num-cpus", "1",
-           "--multipart-mb", "0.01"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "taskray.cli",
+        "mix",
+        str(spec),
+        "--out",
+        out,
+        "--num-cpus",
+        "1",
+        "--multipart-mb",
+        "0.01",
+    ]
     # botocore's own retries would wait out a short outage; give up quickly so the job really fails
     env = {**os.environ, "AWS_MAX_ATTEMPTS": "2"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

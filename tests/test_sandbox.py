@@ -54,13 +54,15 @@ def test_container_has_every_isolation_setting(client):
         assert "size=8m" in hc["Tmpfs"]["/work"]
         assert cfg["User"] == "10001:10001" and cfg["Labels"][LABEL] == "1"
         # and from the inside, as the program sees it
-        r = box.run(textwrap.dedent("""
+        r = box.run(
+            textwrap.dedent("""
             import os
             status = dict(line.split(":\\t", 1) for line in open("/proc/self/status").read().splitlines())
             assert os.getuid() == 10001 and os.getgid() == 10001, os.getuid()
             assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"].strip() == "1", status
             print(os.getcwd())
-        """))
+        """)
+        )
         assert r.status == "passed", r.stderr
         assert r.stdout.strip() == "/work/job"
     finally:
@@ -98,12 +100,15 @@ def assert_host_unharmed(pool, client, marker: str | None = None) -> None:
         assert not host_processes_with(marker)
 
 
-@pytest.mark.parametrize("name, program", [
-    ("infinite loop", "while True:\n    pass"),
-    # a C-level loop never reaches a bytecode boundary, so SIGALRM-based timeouts miss it
-    ("C-level hang", "import itertools\nany(itertools.repeat(False))"),
-    ("sleeps past the timeout", "import time\ntime.sleep(60)\nassert False"),
-])
+@pytest.mark.parametrize(
+    "name, program",
+    [
+        ("infinite loop", "while True:\n    pass"),
+        # a C-level loop never reaches a bytecode boundary, so SIGALRM-based timeouts miss it
+        ("C-level hang", "import itertools\nany(itertools.repeat(False))"),
+        ("sleeps past the timeout", "import time\ntime.sleep(60)\nassert False"),
+    ],
+)
 def test_hangs_time_out(pool, client, name, program):
     start = time.monotonic()
     r = pool.run(program, timeout=1.5)
@@ -114,8 +119,11 @@ def test_hangs_time_out(pool, client, name, program):
 
 def test_fork_bomb_is_contained(pool, client):
     runners = len(host_processes_with("/opt/taskray/runner.py"))
-    r = pool.run("import os, time\nwhile True:\n    try:\n        os.fork()\n"
-                 "    except OSError:\n        time.sleep(0.01)", timeout=2)
+    r = pool.run(
+        "import os, time\nwhile True:\n    try:\n        os.fork()\n"
+        "    except OSError:\n        time.sleep(0.01)",
+        timeout=2,
+    )
     assert r.status == "timeout"
     assert_host_unharmed(pool, client)
     # every copy of the bomb was a copy of a runner; only as many runners as before remain on the host
@@ -137,8 +145,11 @@ def test_memory_bomb_is_oom(pool, client):
 
 def test_gigabyte_of_stdout_is_capped(pool, client):
     rss = psutil.Process().memory_info().rss
-    r = pool.run("import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)\n"
-                 "assert False, 'wrong answer after the flood'", timeout=30)
+    r = pool.run(
+        "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)\n"
+        "assert False, 'wrong answer after the flood'",
+        timeout=30,
+    )
     assert r.status == "failed", r.detail
     assert r.stdout_truncated and len(r.stdout) <= pool.limits.output_cap
     assert psutil.Process().memory_info().rss < rss + 100 * 2**20
@@ -146,7 +157,8 @@ def test_gigabyte_of_stdout_is_capped(pool, client):
 
 
 def test_no_network(pool, client):
-    r = pool.run(textwrap.dedent("""
+    r = pool.run(
+        textwrap.dedent("""
         import socket
         try:
             socket.getaddrinfo("deb.debian.org", 80)
@@ -154,14 +166,16 @@ def test_no_network(pool, client):
         except OSError as e:
             print("dns:", e)
         socket.create_connection(("1.1.1.1", 53), timeout=3)  # succeeds only with a network
-    """))
+    """)
+    )
     assert r.status == "failed" and "dns works" not in r.stdout, r
     assert_host_unharmed(pool, client)
 
 
 def test_cannot_write_outside_the_work_dir(pool, client, tmp_path):
     target = tmp_path / "escaped"
-    r = pool.run(textwrap.dedent(f"""
+    r = pool.run(
+        textwrap.dedent(f"""
         import os
         for path in ("{target}", "/etc/evil", "/opt/taskray/runner.py", "/usr/lib/evil"):
             try:
@@ -170,7 +184,8 @@ def test_cannot_write_outside_the_work_dir(pool, client, tmp_path):
             except OSError as e:
                 print("refused", path, e.errno)
         assert False
-    """))
+    """)
+    )
     assert r.status == "failed" and "wrote" not in r.stdout, r.stdout
     assert not target.exists()
     assert_host_unharmed(pool, client)
@@ -197,11 +212,13 @@ def test_cannot_read_host_files(pool, client, tmp_path):
 def test_background_process_is_killed_and_container_replaced(pool, client):
     marker = f"outlive-{uuid.uuid4().hex}"
     before = set(pool.containers())
-    r = pool.run(textwrap.dedent(f"""
+    r = pool.run(
+        textwrap.dedent(f"""
         import subprocess, sys
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)", "{marker}"],
                          start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    """))
+    """)
+    )
     assert r.status == "passed" and "processes outlived the job" in r.detail, r
     time.sleep(1.5)
     assert set(pool.containers()) != before
@@ -213,19 +230,28 @@ WRONG = "def add(a, b):\n    return a - b\n"
 TESTS = "assert add(2, 2) == 4, 'wrong answer'"
 
 
-@pytest.mark.parametrize("name, trick", [
-    ("sys.exit(0)", "import sys\nsys.exit(0)"),
-    ("os._exit(0)", "import os\nos._exit(0)"),
-    ("raise SystemExit", "raise SystemExit"),
-    ("closes stdout", "import os, sys\nsys.stdout.close()\nos.close(1)\nos.close(2)"),
-    ("prints a fake passed", "print('passed')\nprint('{\"status\": \"passed\"}')"),
-    ("forges the verdict pipe", "import os\nfor fd in range(3, 10):\n    try:\n"
-                                "        os.write(fd, b'0' * 64)\n    except OSError:\n        pass"),
-    ("kills its parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"),
-    ("kills the worker", "import os, signal\nfor sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP):\n"
-                         "    os.kill(1, sig)\nos.kill(-1, signal.SIGKILL)"),
-    ("atexit success", "import atexit, os\natexit.register(lambda: os._exit(0))"),
-])
+@pytest.mark.parametrize(
+    "name, trick",
+    [
+        ("sys.exit(0)", "import sys\nsys.exit(0)"),
+        ("os._exit(0)", "import os\nos._exit(0)"),
+        ("raise SystemExit", "raise SystemExit"),
+        ("closes stdout", "import os, sys\nsys.stdout.close()\nos.close(1)\nos.close(2)"),
+        ("prints a fake passed", "print('passed')\nprint('{\"status\": \"passed\"}')"),
+        (
+            "forges the verdict pipe",
+            "import os\nfor fd in range(3, 10):\n    try:\n"
+            "        os.write(fd, b'0' * 64)\n    except OSError:\n        pass",
+        ),
+        ("kills its parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"),
+        (
+            "kills the worker",
+            "import os, signal\nfor sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP):\n"
+            "    os.kill(1, sig)\nos.kill(-1, signal.SIGKILL)",
+        ),
+        ("atexit success", "import atexit, os\natexit.register(lambda: os._exit(0))"),
+    ],
+)
 def test_forged_success_never_passes(pool, client, name, trick):
     r = pool.run([WRONG + trick, TESTS], timeout=5)
     assert r.status == "failed", (name, r)
@@ -251,13 +277,15 @@ def test_200_jobs_leave_nothing_behind(client):
         assert [r.status for r in results] == ["passed"] * 200
         assert all(r.detail == "" for r in results)  # no stray process or file after any job
         assert p.replaced == 0 and set(p.containers()) == ids
-        probe = p.run(textwrap.dedent("""
+        probe = p.run(
+            textwrap.dedent("""
             import os
             assert os.listdir("/tmp") == [] and os.listdir("/dev/shm") == [], "leftover files"
             assert os.listdir("/work") == ["job"] and os.listdir(".") == [], os.listdir("/work")
             pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
             assert sorted(pids) == [1, os.getpid()], pids
-        """))
+        """)
+        )
         assert probe.status == "passed", probe.stderr
         session = p.session
     assert session_containers(client, session) == []
@@ -315,8 +343,10 @@ def test_fresh_container_mode_uses_one_container_per_job(client):
 
 def test_gc_removes_containers_of_a_crashed_owner(client):
     session = uuid.uuid4().hex[:8]
-    code = ("from taskray.sandbox.client import Sandbox, docker_client; import os, sys\n"
-            f"b = Sandbox(docker_client(), session='{session}')\nprint('up', flush=True)\nos._exit(0)")
+    code = (
+        "from taskray.sandbox.client import Sandbox, docker_client; import os, sys\n"
+        f"b = Sandbox(docker_client(), session='{session}')\nprint('up', flush=True)\nos._exit(0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "up" in proc.stdout, proc.stderr
     assert len(session_containers(client, session)) == 1  # the owner died without cleaning up

@@ -29,6 +29,7 @@ def find(task: Task, needle: str) -> dict:
 
 # -- the Task API -----------------------------------------------------------------------------------------
 
+
 def test_slicing_matches_nanochat_semantics():
     full = SpellingBee(size=20)
     sliced = SpellingBee(size=20, start=3, stop=15, step=4)
@@ -58,8 +59,10 @@ def test_mixture_and_sequence_api():
     mix = TaskMixture([a, b, b], seed=1)  # listing b twice oversamples it
     rows = [json.dumps(mix[i], sort_keys=True) for i in range(len(mix))]
     assert len(rows) == 11
-    assert sorted(rows) == sorted([json.dumps(a[i], sort_keys=True) for i in range(5)]
-                                  + 2 * [json.dumps(b[i], sort_keys=True) for i in range(3)])
+    assert sorted(rows) == sorted(
+        [json.dumps(a[i], sort_keys=True) for i in range(5)]
+        + 2 * [json.dumps(b[i], sort_keys=True) for i in range(3)]
+    )
     other = TaskMixture([a, b, b], seed=2)
     assert [json.dumps(other[i], sort_keys=True) for i in range(11)] != rows
     assert sorted(json.dumps(other[i], sort_keys=True) for i in range(11)) == sorted(rows)
@@ -71,10 +74,16 @@ def test_mixture_and_sequence_api():
 
 # -- ARC -------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("subset,split,count", [
-    ("ARC-Easy", "test", 2376), ("ARC-Easy", "validation", 570),
-    ("ARC-Challenge", "test", 1172), ("ARC-Challenge", "validation", 299),
-])
+
+@pytest.mark.parametrize(
+    "subset,split,count",
+    [
+        ("ARC-Easy", "test", 2376),
+        ("ARC-Easy", "validation", 570),
+        ("ARC-Challenge", "test", 1172),
+        ("ARC-Challenge", "validation", 299),
+    ],
+)
 def test_arc_counts(shared_data, subset, split, count):
     task = ARC(subset, split, path=shared_data / "arc")
     assert len(task) == count
@@ -98,13 +107,20 @@ def test_arc_known_row_and_hub_schema(shared_data):
     # the AI2 layout and the Hub's parquet layout normalise to the same row
     line = (shared_data / "arc/ARC-c/ARC-Challenge-Dev.jsonl").read_text().splitlines()[0]
     ai2 = json.loads(line)
-    hub = {"id": ai2["id"], "question": ai2["question"]["stem"], "answerKey": ai2["answerKey"],
-           "choices": {"text": [c["text"] for c in ai2["question"]["choices"]],
-                       "label": [c["label"] for c in ai2["question"]["choices"]]}}
+    hub = {
+        "id": ai2["id"],
+        "question": ai2["question"]["stem"],
+        "answerKey": ai2["answerKey"],
+        "choices": {
+            "text": [c["text"] for c in ai2["question"]["choices"]],
+            "label": [c["label"] for c in ai2["question"]["choices"]],
+        },
+    }
     assert normalize(ai2) == normalize(hub)
 
 
 # -- MMLU ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("split,count", [("test", 14079), ("dev", 285), ("validation", 1542)])
 def test_mmlu_counts(shared_data, split, count):
@@ -137,6 +153,7 @@ def test_mmlu_bad_csv_names_file_and_line(tmp_path):
 
 # -- GSM8K -----------------------------------------------------------------------------------------------
 
+
 def official_extract(answer: str) -> str:
     """openai/grade-school-math's normalisation, as its dataset.py does it."""
     match = re.compile(r"#### (\-?[0-9\.\,]+)").search(answer)
@@ -166,9 +183,11 @@ def test_gsm8k_known_row_tool_parts(shared_data):
     ex = find(task, "Janet’s ducks lay 16 eggs per day.")
     assert ex["messages"][1]["content"] == [
         {"type": "text", "text": "Janet sells 16 - 3 - 4 = "},
-        {"type": "python", "text": "16-3-4"}, {"type": "python_output", "text": "9"},
+        {"type": "python", "text": "16-3-4"},
+        {"type": "python_output", "text": "9"},
         {"type": "text", "text": "9 duck eggs a day.\nShe makes 9 * 2 = $"},
-        {"type": "python", "text": "9*2"}, {"type": "python_output", "text": "18"},
+        {"type": "python", "text": "9*2"},
+        {"type": "python_output", "text": "18"},
         {"type": "text", "text": "18 every day at the farmer’s market.\n#### 18"},
     ]
     assert task.evaluate(ex, "so she makes\n#### 18") == 1
@@ -181,11 +200,15 @@ def test_gsm8k_answer_extraction_edge_cases():
     assert extract_answer("x\n#### -5.5") == "-5.5"
     assert extract_answer("no marker") is None
     assert solution_parts("a <<2+2>> b") == [
-        {"type": "text", "text": "a "}, {"type": "python", "text": "2+2"},
-        {"type": "python_output", "text": ""}, {"type": "text", "text": " b"}]
+        {"type": "text", "text": "a "},
+        {"type": "python", "text": "2+2"},
+        {"type": "python_output", "text": ""},
+        {"type": "text", "text": " b"},
+    ]
 
 
 # -- HumanEval -------------------------------------------------------------------------------------------
+
 
 def test_humaneval_rows(shared_data):
     task = HumanEval(path=shared_data / "humaneval")
@@ -217,6 +240,7 @@ def test_humaneval_evaluate_runs_in_the_sandbox(shared_data):
 
 # -- SmolTalk (no local copy: a small file in the Hub's schema) ------------------------------------------
 
+
 def smoltalk_rows(n: int) -> list[dict]:
     rows = []
     for i in range(n):
@@ -247,14 +271,17 @@ def test_smoltalk_from_hub_schema_files(tmp_path, fmt):
 
 def test_smoltalk_bad_row(tmp_path):
     file = tmp_path / "bad.jsonl"
-    file.write_text(json.dumps({"messages": [{"role": "assistant", "content": "hi"},
-                                             {"role": "user", "content": "?"}]}) + "\n")
+    file.write_text(
+        json.dumps({"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "?"}]})
+        + "\n"
+    )
     task = SmolTalk("train", path=file)
     with pytest.raises(ValueError, match="message 0 has role 'assistant'"):
         task[0]
 
 
 # -- SpellingBee / SimpleSpelling ------------------------------------------------------------------------
+
 
 def test_spellingbee_counts_by_hand_then_checks_with_python():
     words = load_words()
@@ -291,23 +318,32 @@ def test_simplespelling():
 
 # -- CustomJSON ------------------------------------------------------------------------------------------
 
+
 def test_customjson_good_file(tmp_path):
     file = tmp_path / "conv.jsonl"
-    convs = [[{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"hello {i}"}]
-             for i in range(4)]
+    convs = [
+        [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"hello {i}"}]
+        for i in range(4)
+    ]
     file.write_text("\n".join(json.dumps(c) for c in convs) + "\n\n")
     task = CustomJSON(str(file))
     assert len(task) == 4 and task[2] == {"messages": convs[2]}
 
 
-@pytest.mark.parametrize("line,error", [
-    ('{"role": "user"', "not valid JSON"),
-    ('{"role": "user", "content": "x"}', "expected a JSON array"),
-    ('[{"role": "user", "content": "x"}]', "at least 2 messages"),
-    ('[{"role": "user", "content": "x"}, {"role": "user", "content": "y"}]', "message 1 has role 'user'"),
-    ('[{"role": "user", "content": "x"}, {"role": "assistant", "content": 3}]', "content must be a string"),
-    ('[{"role": "user", "content": "x"}, {"content": "y"}]', "needs 'role' and 'content'"),
-])
+@pytest.mark.parametrize(
+    "line,error",
+    [
+        ('{"role": "user"', "not valid JSON"),
+        ('{"role": "user", "content": "x"}', "expected a JSON array"),
+        ('[{"role": "user", "content": "x"}]', "at least 2 messages"),
+        ('[{"role": "user", "content": "x"}, {"role": "user", "content": "y"}]', "message 1 has role 'user'"),
+        (
+            '[{"role": "user", "content": "x"}, {"role": "assistant", "content": 3}]',
+            "content must be a string",
+        ),
+        ('[{"role": "user", "content": "x"}, {"content": "y"}]', "needs 'role' and 'content'"),
+    ],
+)
 def test_customjson_bad_line_names_file_and_line(tmp_path, line, error):
     file = tmp_path / "conv.jsonl"
     good = json.dumps([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])

@@ -28,8 +28,10 @@ def test_tasktrove_folder_gives_instructions_and_metadata(shared_data, tmp_path)
     harbor = sorted(p for p in (shared_data / "harbor-tasks").iterdir() if p.is_dir())
     source = tmp_path / "corpus" / "test-org__terminal-bench"
     source.mkdir(parents=True)
-    table = pa.table({"path": [p.name for p in harbor], "task_binary": [pack(p) for p in harbor]},
-                     schema=pa.schema([("path", pa.string()), ("task_binary", pa.binary())]))
+    table = pa.table(
+        {"path": [p.name for p in harbor], "task_binary": [pack(p) for p in harbor]},
+        schema=pa.schema([("path", pa.string()), ("task_binary", pa.binary())]),
+    )
     pq.write_table(table, source / "tasks.parquet")
 
     task = TaskTrove(str(tmp_path / "corpus"))

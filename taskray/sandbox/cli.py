@@ -10,8 +10,12 @@ import shutil
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     b = sub.add_parser("build", help="build the sandbox image (offline via debootstrap when no registry)")
-    b.add_argument("--mode", choices=("auto", "registry", "offline"), default="auto",
-                   help="auto: use python:3.11-slim if a registry answers, else build the base offline")
+    b.add_argument(
+        "--mode",
+        choices=("auto", "registry", "offline"),
+        default="auto",
+        help="auto: use python:3.11-slim if a registry answers, else build the base offline",
+    )
     b.add_argument("--force", action="store_true", help="rebuild even if the image matches this checkout")
     sub.add_parser("doctor", help="say what is missing (daemon, permissions, image) and run a smoke test")
     g = sub.add_parser("gc", help="remove sandbox containers whose owner process is gone")
@@ -29,8 +33,10 @@ def run(args) -> int:
         from taskray.sandbox.image import prune_old_images
 
         client = docker_client()
-        print(f"removed {gc(client, include_live_owners=args.all)} sandbox container(s); "
-              f"superseded images removed: {prune_old_images(client)} MB")
+        print(
+            f"removed {gc(client, include_live_owners=args.all)} sandbox container(s); "
+            f"superseded images removed: {prune_old_images(client)} MB"
+        )
         return 0
     return doctor()
 
@@ -73,8 +79,11 @@ def doctor() -> int:
     state = image_state(client)
     report(state == "ok", f"sandbox image {IMAGE}: {state}", "run `taskray sandbox build`")
     if state != "ok" and not (_have(client, REGISTRY_BASE) or _have(client, OFFLINE_BASE)):
-        report(shutil.which("debootstrap") is not None, "debootstrap (offline base image)",
-               "apt-get install -y debootstrap")
+        report(
+            shutil.which("debootstrap") is not None,
+            "debootstrap (offline base image)",
+            "apt-get install -y debootstrap",
+        )
         report(os.geteuid() == 0, "root (debootstrap needs it)", "run `taskray sandbox build` as root once")
     leaked = leaked_containers(client)
     report(not leaked, f"leaked sandbox containers: {len(leaked)}", "run `taskray sandbox gc`")
@@ -85,8 +94,11 @@ def doctor() -> int:
                 r = box.run(SMOKE_TEST)
             finally:
                 box.destroy()
-            report(r.status == "passed", f"smoke test in a container: {r.status} {r.stdout.strip()}",
-                   r.stderr[-500:])
+            report(
+                r.status == "passed",
+                f"smoke test in a container: {r.status} {r.stdout.strip()}",
+                r.stderr[-500:],
+            )
         except Exception as e:
             report(False, "smoke test in a container", str(e))
     print("sandbox ready" if ok else "sandbox NOT ready")

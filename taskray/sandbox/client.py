@@ -143,7 +143,10 @@ class Sandbox:
         try:
             self.container = client.containers.create(
                 # detach=False + stdin_open sets StdinOnce: see the attach comment below.
-                image, detach=False, stdin_open=True, tty=False,
+                image,
+                detach=False,
+                stdin_open=True,
+                tty=False,
                 **container_settings(self.limits, session),
             )
         except Exception as e:
@@ -218,8 +221,15 @@ class Sandbox:
         self.jobs += 1
         start = time.monotonic()
         try:
-            self._send({"id": self.jobs, "sources": sources, "nonce": nonce, "timeout": timeout,
-                        "output_cap": self.limits.output_cap})
+            self._send(
+                {
+                    "id": self.jobs,
+                    "sources": sources,
+                    "nonce": nonce,
+                    "timeout": timeout,
+                    "output_cap": self.limits.output_cap,
+                }
+            )
             reply = self._read_frame(start + timeout + GRACE)
         except TimeoutError as e:
             # The hard outer limit: no signal inside the container is trusted to end it. The runner
@@ -227,8 +237,10 @@ class Sandbox:
             # container is stuck (paused, starved, broken): the infrastructure's failure, retried.
             self.usable = False
             self.kill()
-            raise InfraError(f"sandbox {self.id} gave no answer within {timeout + GRACE:.1f}s; "
-                             "container killed from outside") from e
+            raise InfraError(
+                f"sandbox {self.id} gave no answer within {timeout + GRACE:.1f}s; "
+                "container killed from outside"
+            ) from e
         except (OSError, EOFError, ValueError) as e:
             self.usable = False
             if self._oom_killed():
@@ -255,9 +267,15 @@ class Sandbox:
             self.usable = False  # what a job did to this container may affect the next one
         detail = "; ".join(r["tainted"] + ([f"killed by signal {r['signal']}"] if r["signal"] else []))
         return Result(
-            status, exit_code=r["exit_code"], stdout=r["stdout"], stderr=r["stderr"],
-            stdout_truncated=r["stdout_truncated"], stderr_truncated=r["stderr_truncated"],
-            wall_time=r["wall"], cpu_time=r["cpu"], detail=detail,
+            status,
+            exit_code=r["exit_code"],
+            stdout=r["stdout"],
+            stderr=r["stderr"],
+            stdout_truncated=r["stdout_truncated"],
+            stderr_truncated=r["stderr_truncated"],
+            wall_time=r["wall"],
+            cpu_time=r["cpu"],
+            detail=detail,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -301,8 +319,11 @@ def leaked_containers(client, include_live_owners: bool = False) -> list[str]:
     """Ids of taskray containers whose owner process is gone (or of all of them, include_live_owners)."""
     # One listing call with labels (no inspect per container): other pools remove containers meanwhile.
     found = client.api.containers(all=True, filters={"label": f"{LABEL}=1"})
-    return [c["Id"] for c in found
-            if include_live_owners or not owner_alive((c.get("Labels") or {}).get(OWNER_LABEL, ""))]
+    return [
+        c["Id"]
+        for c in found
+        if include_live_owners or not owner_alive((c.get("Labels") or {}).get(OWNER_LABEL, ""))
+    ]
 
 
 def gc(client=None, include_live_owners: bool = False) -> int:
@@ -322,4 +343,3 @@ def gc(client=None, include_live_owners: bool = False) -> int:
 
 def new_session() -> str:
     return secrets.token_hex(4)
-

@@ -93,8 +93,10 @@ def build_offline_base(client, log: Log = _log, force: bool = False) -> str:
     if shutil.which("debootstrap") is None:
         raise RuntimeError("debootstrap is not installed: apt-get install -y debootstrap (needed offline)")
     if os.geteuid() != 0:
-        raise RuntimeError("the offline base image needs root for debootstrap: run `taskray sandbox build` "
-                           "as root once, or make a registry reachable")
+        raise RuntimeError(
+            "the offline base image needs root for debootstrap: run `taskray sandbox build` "
+            "as root once, or make a registry reachable"
+        )
     with tempfile.TemporaryDirectory(prefix="taskray-rootfs-") as tmp:
         root = Path(tmp) / "rootfs"
         log(f"debootstrap bookworm (minbase + python3) from {DEBIAN_MIRROR}; takes a minute or two ...")
@@ -131,8 +133,14 @@ def build(mode: str = "auto", force: bool = False, log: Log = _log, client=None)
         base = build_offline_base(client, log, force=force)
     log(f"building {IMAGE} on {base} ...")
     for chunk in client.api.build(
-        path=str(sandbox_dir()), tag=IMAGE, buildargs={"BASE": base}, labels={HASH_LABEL: digest},
-        rm=True, forcerm=True, pull=False, decode=True,
+        path=str(sandbox_dir()),
+        tag=IMAGE,
+        buildargs={"BASE": base},
+        labels={HASH_LABEL: digest},
+        rm=True,
+        forcerm=True,
+        pull=False,
+        decode=True,
     ):
         if "error" in chunk:
             raise RuntimeError(f"docker build failed: {chunk['error'].strip()}")

@@ -23,8 +23,15 @@ WAIT_FOR_CONTAINER = 180.0  # seconds to wait for an idle container before calli
 class SandboxPool:
     """`size` warm containers. `fresh=True` gives every job its own container (the paranoid mode)."""
 
-    def __init__(self, size: int = 2, limits: Limits | None = None, image: str = IMAGE, fresh: bool = False,
-                 retries: int = 2, client=None):
+    def __init__(
+        self,
+        size: int = 2,
+        limits: Limits | None = None,
+        image: str = IMAGE,
+        fresh: bool = False,
+        retries: int = 2,
+        client=None,
+    ):
         if size < 1:
             raise ValueError(f"pool size {size}: need at least one container")
         self.client = client or docker_client()

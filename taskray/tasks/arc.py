@@ -20,8 +20,12 @@ def normalize(row: dict) -> dict:
     """One ARC row in the Hub's schema, from either the Hub's or AI2's original layout."""
     if isinstance(row["question"], dict):  # AI2 original
         choices = row["question"]["choices"]
-        row = {"id": row["id"], "question": row["question"]["stem"], "answerKey": row["answerKey"],
-               "choices": {"text": [c["text"] for c in choices], "label": [c["label"] for c in choices]}}
+        row = {
+            "id": row["id"],
+            "question": row["question"]["stem"],
+            "answerKey": row["answerKey"],
+            "choices": {"text": [c["text"] for c in choices], "label": [c["label"] for c in choices]},
+        }
     return {k: row[k] for k in ("id", "question", "choices", "answerKey")}
 
 
@@ -29,8 +33,9 @@ class ARC(DatasetTask):
     name = "arc"
     eval_type = "categorical"
 
-    def __init__(self, subset: str, split: str, path: str | None = None, shuffle_seed: int | None = 42,
-                 **kwargs):
+    def __init__(
+        self, subset: str, split: str, path: str | None = None, shuffle_seed: int | None = 42, **kwargs
+    ):
         super().__init__(**kwargs)
         if subset not in SUBSETS:
             raise ValueError(f"ARC subset must be ARC-Easy or ARC-Challenge, got {subset!r}")

@@ -57,8 +57,12 @@ class Task:
     def __len__(self) -> int:
         num_ex = self.num_examples()
         if self.stop is not None and self.stop > num_ex:
-            logger.warning("Stop parameter (%s) exceeds dataset size (%s). Using %s examples instead.",
-                           self.stop, num_ex, num_ex)
+            logger.warning(
+                "Stop parameter (%s) exceeds dataset size (%s). Using %s examples instead.",
+                self.stop,
+                num_ex,
+                num_ex,
+            )
             self.stop = num_ex
         stop = num_ex if self.stop is None else self.stop
         return max(0, -(-(stop - self.start) // self.step))  # ceil division
@@ -91,9 +95,16 @@ class TaskMixture(Task):
     (2.0 = every row twice, 0.5 = an evenly spread half); or give `proportions` and a `stopping` rule
     ('first_exhausted' | 'all_exhausted') as with `datasets.interleave_datasets`."""
 
-    def __init__(self, tasks: Sequence[Task], seed: int = 42, weights: Sequence[float] | None = None,
-                 proportions: Sequence[float] | None = None, stopping: str = "first_exhausted",
-                 shuffle: bool = True, **kwargs):
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        seed: int = 42,
+        weights: Sequence[float] | None = None,
+        proportions: Sequence[float] | None = None,
+        stopping: str = "first_exhausted",
+        shuffle: bool = True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if weights is not None and proportions is not None:
             raise ValueError("give weights or proportions, not both")
@@ -158,6 +169,7 @@ def content_text(content: str | list[dict[str, str]]) -> str:
 
 # -- loading: the Hub path (dataset id + split) or local files -------------------------------------------
 
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -166,8 +178,14 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_rows(hub_id: str, subset: str | None, split: str, path: str | Path | None,
-              read_local: Callable[[Path], tuple[list[dict], list[Path]]], shuffle_seed: int | None = 42):
+def load_rows(
+    hub_id: str,
+    subset: str | None,
+    split: str,
+    path: str | Path | None,
+    read_local: Callable[[Path], tuple[list[dict], list[Path]]],
+    shuffle_seed: int | None = 42,
+):
     """Rows in the Hub's schema, as a `datasets.Dataset`, and a description of where they came from.
 
     Without `path` they come from the Hub (`load_dataset(hub_id, subset, split=split)`). With it,
@@ -188,8 +206,12 @@ def load_rows(hub_id: str, subset: str | None, split: str, path: str | Path | No
         if not rows:
             raise ValueError(f"{path}: no rows found for {hub_id} {subset or ''} {split}")
         ds = datasets.Dataset.from_list(rows)
-        source = {"hub": hub_id, "subset": subset, "split": split,
-                  "files": {_rel(f, path): sha256_file(f) for f in sorted(files)}}
+        source = {
+            "hub": hub_id,
+            "subset": subset,
+            "split": split,
+            "files": {_rel(f, path): sha256_file(f) for f in sorted(files)},
+        }
     if shuffle_seed is not None:
         ds = ds.shuffle(seed=shuffle_seed)
     return ds, source

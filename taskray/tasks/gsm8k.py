@@ -44,8 +44,9 @@ class GSM8K(DatasetTask):
     name = "gsm8k"
     eval_type = "generative"
 
-    def __init__(self, subset: str, split: str, path: str | None = None, shuffle_seed: int | None = 42,
-                 **kwargs):
+    def __init__(
+        self, subset: str, split: str, path: str | None = None, shuffle_seed: int | None = 42, **kwargs
+    ):
         super().__init__(**kwargs)
         if subset not in ("main", "socratic"):
             raise ValueError(f"GSM8K subset must be main|socratic, got {subset!r}")

@@ -28,8 +28,9 @@ class HumanEval(DatasetTask):
             with opener(file, "rt", encoding="utf-8") as f:
                 return [json.loads(line) for line in f if line.strip()], [file]
 
-        self.ds, self.source = load_rows("openai/openai_humaneval", None, "test", path, read_local,
-                                         shuffle_seed)
+        self.ds, self.source = load_rows(
+            "openai/openai_humaneval", None, "test", path, read_local, shuffle_seed
+        )
 
     def get_example(self, index: int) -> dict:
         row = self.ds[index]
@@ -40,14 +41,22 @@ class HumanEval(DatasetTask):
             {"role": "assistant", "content": f"{row['prompt']}\n{row['canonical_solution']}"},
         ]
         # what grading needs travels with the conversation (and into the exported `info`)
-        return {"messages": messages, "task_id": row["task_id"], "entry_point": row["entry_point"],
-                "test": row["test"]}
+        return {
+            "messages": messages,
+            "task_id": row["task_id"],
+            "entry_point": row["entry_point"],
+            "test": row["test"],
+        }
 
     def evaluate(self, conversation: dict, completion: str) -> bool:
         """Run the completion against the problem's tests in the Docker sandbox. The completion may be
         a chat answer (a ```python block or a whole function) or a continuation of the prompt."""
         from taskray.humaneval import check_completion
 
-        problem = {"task_id": conversation["task_id"], "prompt": conversation["messages"][0]["content"],
-                   "entry_point": conversation["entry_point"], "test": conversation["test"]}
+        problem = {
+            "task_id": conversation["task_id"],
+            "prompt": conversation["messages"][0]["content"],
+            "entry_point": conversation["entry_point"],
+            "test": conversation["test"],
+        }
         return bool(check_completion(problem, completion))

@@ -22,8 +22,14 @@ def read_csv(file: Path, subject: str) -> list[dict]:
         for lineno, rec in enumerate(csv.reader(f), 1):
             if len(rec) != 6 or rec[5] not in MMLU.letters:
                 raise ValueError(f"{file}:{lineno}: expected question,A,B,C,D,answer-letter; got {rec!r}")
-            rows.append({"question": rec[0], "subject": subject, "choices": rec[1:5],
-                         "answer": MMLU.letters.index(rec[5])})
+            rows.append(
+                {
+                    "question": rec[0],
+                    "subject": subject,
+                    "choices": rec[1:5],
+                    "answer": MMLU.letters.index(rec[5]),
+                }
+            )
     return rows
 
 
@@ -32,8 +38,9 @@ class MMLU(DatasetTask):
     eval_type = "categorical"
     letters = ("A", "B", "C", "D")
 
-    def __init__(self, subset: str, split: str, path: str | None = None, shuffle_seed: int | None = 42,
-                 **kwargs):
+    def __init__(
+        self, subset: str, split: str, path: str | None = None, shuffle_seed: int | None = 42, **kwargs
+    ):
         super().__init__(**kwargs)
         if subset not in ("all", "auxiliary_train"):
             raise ValueError(f"subset {subset!r} must be all|auxiliary_train")

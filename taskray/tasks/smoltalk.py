@@ -42,8 +42,9 @@ class SmolTalk(DatasetTask):
             ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
             return [{"messages": m} for m in ds["messages"]], files
 
-        self.ds, self.source = load_rows("HuggingFaceTB/smol-smoltalk", None, split, path, read_local,
-                                         shuffle_seed)
+        self.ds, self.source = load_rows(
+            "HuggingFaceTB/smol-smoltalk", None, split, path, read_local, shuffle_seed
+        )
 
     def get_example(self, index: int) -> dict:
         messages = self.ds[index]["messages"]

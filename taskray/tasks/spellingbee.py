@@ -97,8 +97,14 @@ class SpellingBee(_WordTask):
             question += "?"
 
         # the manual count: spell, then walk the letters keeping a running count
-        lines = [f"We need the number of '{letter}' in '{word}'. First by hand.", "",
-                 "Spell the word:", spell(word), "", f"Count the '{letter}':"]
+        lines = [
+            f"We need the number of '{letter}' in '{word}'. First by hand.",
+            "",
+            "Spell the word:",
+            spell(word),
+            "",
+            f"Count the '{letter}':",
+        ]
         count = 0
         for i, char in enumerate(word, 1):
             if char == letter:
@@ -138,8 +144,10 @@ class SimpleSpelling(_WordTask):
 
     def get_example(self, index: int) -> dict:
         word = self.rng(index).choice(self.words)
-        messages = [{"role": "user", "content": f"Spell the word: {word}"},
-                    {"role": "assistant", "content": spell(word)}]
+        messages = [
+            {"role": "user", "content": f"Spell the word: {word}"},
+            {"role": "assistant", "content": spell(word)},
+        ]
         return {"messages": messages}
 
     def evaluate(self, conversation: dict, assistant_response: str) -> bool:

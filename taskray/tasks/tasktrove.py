@@ -34,8 +34,13 @@ class TaskTrove(Task):
         # catalogs list tasks in no promised order: sort, so row i is the same task on every run
         self.rows = sorted(rows, key=lambda r: (str(r.get("source")), str(r.get("path"))))
         digest = hashlib.sha256(json.dumps(self.rows, sort_keys=True, default=str).encode()).hexdigest()
-        self.source = {"tasktrove": url, "source_filter": source_filter, "verified_only": verified_only,
-                       "tasks": len(self.rows), "sha256": digest}
+        self.source = {
+            "tasktrove": url,
+            "source_filter": source_filter,
+            "verified_only": verified_only,
+            "tasks": len(self.rows),
+            "sha256": digest,
+        }
 
     def num_examples(self) -> int:
         return len(self.rows)
