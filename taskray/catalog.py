@@ -108,6 +108,10 @@ def read_tasks(url: str, verified_only: bool = True, source_filter: str | None =
     (detection runs here, on the fly).
     """
     if _is_scan_output(url):
+        if not Store(url).exists("summary.json"):  # written last: without it the catalog may be partial
+            raise ValueError(
+                f"{url}: this scan is unfinished (no summary.json); rerun `taskray scan` into it"
+            )
         table = select(url, ["has_verifier"] if verified_only else [], source_filter)
         by_shard: dict[str, list[dict]] = {}
         for row in table.to_pylist():

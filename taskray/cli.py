@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -33,7 +34,15 @@ def main(argv: list[str] | None = None) -> int:
         if name == wanted:  # only the chosen command's module is imported
             importlib.import_module(module).add_arguments(p)
     args = parser.parse_args(argv)
-    return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
+    try:
+        return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
+    except (FileNotFoundError, ValueError) as e:
+        # Bad input (a missing path, a malformed file or option): one line naming it, not a traceback.
+        # TASKRAY_DEBUG=1 shows the traceback.
+        if os.environ.get("TASKRAY_DEBUG"):
+            raise
+        print(f"taskray {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

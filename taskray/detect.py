@@ -110,15 +110,22 @@ def _nonempty(value: Any) -> bool:
     return value not in (None, "", [], {}, "[]", "{}")
 
 
+def _table(cfg: dict, name: str) -> dict:
+    value = cfg.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def _memory_mb(env: dict) -> int | None:
     if "memory_mb" in env:
-        return int(env["memory_mb"])
-    text = str(env.get("memory", "")).strip().upper()
-    m = re.fullmatch(r"([\d.]+)\s*([KMGT]?)I?B?", text)
-    if not m:
-        return None
-    scale = {"": 1 / 2**20, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}[m.group(2)]
-    return int(float(m.group(1)) * scale)
+        mb = _float(env["memory_mb"])
+    else:
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)I?B?", str(env.get("memory", "")).strip().upper())
+        mb = (
+            float(m.group(1)) * {"": 1 / 2**20, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}[m.group(2)]
+            if m
+            else None
+        )
+    return int(mb) if mb is not None and 0 <= mb < 2**53 else None  # the catalog column is int64
 
 
 def _read_task_config(parsed: ParsedBlob, det: Detection) -> None:
@@ -130,13 +137,15 @@ def _read_task_config(parsed: ParsedBlob, det: Detection) -> None:
         except ValueError:
             det.verifier_signals.append("task.toml:unparseable")
             return
-        env = cfg.get("environment", {}) or {}
-        det.verifier_timeout_sec = _float(cfg.get("verifier", {}).get("timeout_sec"))
-        det.agent_timeout_sec = _float(cfg.get("agent", {}).get("timeout_sec"))
+        # Task files are untrusted input: a field of the wrong type is left empty, never a crash.
+        env = _table(cfg, "environment")
+        det.verifier_timeout_sec = _float(_table(cfg, "verifier").get("timeout_sec"))
+        det.agent_timeout_sec = _float(_table(cfg, "agent").get("timeout_sec"))
         det.cpus = _float(env.get("cpus"))
         det.memory_mb = _memory_mb(env)
-        det.allow_internet = env.get("allow_internet")
-        det.docker_image = env.get("docker_image")
+        allow_internet, docker_image = env.get("allow_internet"), env.get("docker_image")
+        det.allow_internet = allow_internet if isinstance(allow_internet, bool) else None
+        det.docker_image = docker_image if isinstance(docker_image, str) else None
         return
     yaml_text = parsed.text("task.yaml")
     if yaml_text is not None:  # older Terminal-Bench layout
@@ -151,9 +160,11 @@ def _read_task_config(parsed: ParsedBlob, det: Detection) -> None:
 
 
 def _float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
     try:
         return None if value is None else float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

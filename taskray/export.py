@@ -3,7 +3,8 @@
 The catalog keeps, for every task, the input file (`shard`) and row it came from, so export reads back
 only the row groups that hold selected rows. One Ray task per input shard; each writes its own outputs:
 
-- `--as tasktrove`: `<source>/<shard stem>.parquet` with the two TaskTrove columns, blobs byte-identical;
+- `--as tasktrove`: `<source>/<shard>.parquet` (the input's layout) with the two TaskTrove columns, blobs
+  byte-identical;
 - `--as harbor`: `<source>/<task>/...` files from a safe extraction (the same member filter the scanner
   uses: no `..`, no absolute paths, no links or devices ever reach the disk).
 
@@ -26,10 +27,10 @@ import pyarrow.parquet as pq
 
 from taskray.blob import Limits, decompress, normalise_join, parse_blob, want_all
 from taskray.report import read_catalog
+from taskray.sources import TASKTROVE_SCHEMA, safe_part, shard_key
 from taskray.storage import Store, arrow_filesystem
 
 FORMATS = ("harbor", "tasktrove")
-TASKTROVE_SCHEMA = pa.schema([("path", pa.string()), ("task_binary", pa.binary())])
 # Export keeps every member, however large, up to the scanner's decompression cap.
 EXPORT_LIMITS = Limits(max_kept_bytes=Limits().max_raw_bytes)
 _PAYLOAD_NAME = {"json": "task.json", "jsonl": "task.jsonl", "text": "task.txt", "binary": "task.bin"}
@@ -103,7 +104,7 @@ def fetch_blobs(shard_url: str, rows: list[int]) -> dict[int, tuple[str, bytes]]
 
 def task_folder_name(path: str, row: int) -> str:
     """A filesystem-safe, unique folder name for a task (paths may repeat or hold odd characters)."""
-    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', path).strip('._')[:120] or 'task'}-{row}"
+    return f"{safe_part(path)[:120]}-{row}"
 
 
 def harbor_files(blob: bytes) -> dict[str, bytes]:
@@ -126,8 +127,7 @@ def export_shard(item: dict, out_url: str, fmt: str) -> dict:
     blobs = fetch_blobs(item["shard"], item["rows"])
     written, failed = [], []
     if fmt == "tasktrove":
-        stem = Path(item["shard"]).stem
-        rel = f"{item['source']}/{stem}.parquet"
+        rel = f"{safe_part(item['source'])}/{shard_key(item['shard'], item['source'])}.parquet"
         table = pa.table(
             {"path": [blobs[r][0] for r in item["rows"]], "task_binary": [blobs[r][1] for r in item["rows"]]},
             schema=TASKTROVE_SCHEMA,
@@ -141,7 +141,7 @@ def export_shard(item: dict, out_url: str, fmt: str) -> dict:
         return {"written": [rel], "failed": []}
     for r in item["rows"]:
         path, blob = blobs[r]
-        folder = f"{item['source']}/{task_folder_name(path, r)}"
+        folder = f"{safe_part(item['source'])}/{task_folder_name(path, r)}"
         try:
             files = harbor_files(blob)
         except ValueError as e:

@@ -11,11 +11,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from taskray.storage import arrow_filesystem
 
 HUB_DATASET = "open-thoughts/TaskTrove"
+TASKTROVE_SCHEMA = pa.schema([("path", pa.string()), ("task_binary", pa.binary())])
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -24,6 +26,18 @@ class Shard:
     source: str  # the folder name, e.g. "nl2bash__nl2bash"
     url: str  # what arrow_filesystem() opens: local path, s3://..., hf://...
     size: int
+
+
+def safe_part(text: str) -> str:
+    """One path component that is safe as a file or folder name anywhere (local or object key)."""
+    return re.sub(r"[^\w.=-]+", "_", text).strip("._") or "_"
+
+
+def shard_key(url: str, source: str) -> str:
+    """The shard's path below its source folder, made safe and without `.parquet`: `tasks` for TaskTrove,
+    `train/0000` for the Hub's parquet conversions, so outputs named after it never collide."""
+    tail = url.rsplit(f"/{source}/", 1)[-1] if f"/{source}/" in url else url.rsplit("/", 1)[-1]
+    return "/".join(safe_part(p) for p in tail.removesuffix(".parquet").split("/") if p)
 
 
 def normalise_source(source: str) -> str:

@@ -21,8 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from taskray.blob import DEFAULT_LIMITS
-
-SCHEMA = pa.schema([("path", pa.string()), ("task_binary", pa.binary())])
+from taskray.sources import TASKTROVE_SCHEMA
 
 # family -> the verifier_kind detection must report (None: not a verifier; "error": an error row)
 EXPECTED_KIND: dict[str, str | None] = {
@@ -371,7 +370,7 @@ def synth_corpus(
             blobs.append(make_blob(family, n, rng))
         folder = out / f"synth__source-{s}"
         folder.mkdir(parents=True, exist_ok=True)
-        table = pa.table({"path": paths, "task_binary": blobs}, schema=SCHEMA)
+        table = pa.table({"path": paths, "task_binary": blobs}, schema=TASKTROVE_SCHEMA)
         tmp = folder / ".tasks.parquet.tmp"
         pq.write_table(table, tmp, row_group_size=row_group_size, compression="none")
         tmp.replace(folder / "tasks.parquet")

@@ -61,7 +61,7 @@ def test_all_nine_real_harbor_tasks(shared_data):
     assert len(folders) == 9
     for folder in folders:
         det = detect(parse_blob(pack_folder(folder)))
-        assert det.has_verifier and det.verifier_kind in ("harbor_tests", "pytest"), folder.name
+        assert det.has_verifier and det.verifier_kind == "pytest", folder.name
         assert det.has_oracle and det.harbor_complete, folder.name
         assert "tests/test.sh:writes-reward" in det.verifier_signals
         assert det.verifier_timeout_sec in (120.0, 900.0)
@@ -160,3 +160,27 @@ def test_superset_of_article_on_a_corpus():
                 if key in parsed.data:
                     assert f"json:key-{key}" in det.verifier_signals
     assert flagged_by_article > 50
+
+
+@pytest.mark.parametrize(
+    "toml",
+    [
+        'verifier = "x"\nenvironment = 3\nagent = []\n',
+        '[environment]\nmemory_mb = "lots"\nallow_internet = "yes"\ndocker_image = 5\ncpus = true\n',
+        '[environment]\nmemory = "1.2.3G"\n',
+        "[environment]\nmemory_mb = 1e300\n",
+        "[verifier\ntimeout_sec = 1\n",
+    ],
+)
+def test_malformed_task_toml_leaves_fields_empty_never_crashes(toml):
+    from taskray.scan import CATALOG_SCHEMA, scan_blobs
+
+    blob = tar_of({**HARBOR_BASE, "task.toml": toml, "tests/test.sh": "echo 1 > /logs/verifier/reward.txt\n"})
+    det = detect(parse_blob(blob))
+    assert det.has_verifier and det.verifier_kind == "harbor_tests"
+    assert det.memory_mb is None and det.docker_image is None and det.allow_internet is None
+    # and the catalog row it becomes fits the catalog's types
+    import pyarrow as pa
+
+    table = pa.table(scan_blobs("s", "x", 0, ["p"], [blob]), schema=CATALOG_SCHEMA)
+    assert table.num_rows == 1 and table["error"][0].as_py() is None

@@ -307,3 +307,29 @@ def test_ray_job_submit_against_a_running_head(corpus, tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert read_catalog(str(out)).num_rows == 1200
     assert json.loads((out / "summary.json").read_text())["total"]["n"] == 1200
+
+
+def test_shards_with_the_same_name_in_different_folders_do_not_collide(ray_local, tmp_path):
+    """The Hub's parquet conversions look like default/train/0000.parquet and default/test/0000.parquet."""
+    src = tmp_path / "hub-layout"
+    for split in ("train", "test"):
+        synth_corpus(tmp_path / f"gen-{split}", 30, sources=1, seed=len(split))
+        (src / "default" / split).mkdir(parents=True)
+        (tmp_path / f"gen-{split}" / "synth__source-0" / "tasks.parquet").rename(
+            src / "default" / split / "0000.parquet"
+        )
+    out = tmp_path / "out"
+    scan(str(src), str(out), report=False)
+    files = sorted(p.relative_to(out).as_posix() for p in (out / "catalog").rglob("*.parquet"))
+    assert files == [
+        "catalog/default/test/0000.0000000000-0000000030.parquet",
+        "catalog/default/train/0000.0000000000-0000000030.parquet",
+    ]
+    assert read_catalog(str(out)).num_rows == 60
+
+
+def test_unfinished_scan_is_not_read_as_a_catalog(ray_local, corpus, tmp_path):
+    out = tmp_path / "partial"
+    scan(str(corpus), str(out), limit=100, rows_per_piece=100, report=False)  # no summary.json: unfinished
+    with pytest.raises(ValueError, match="unfinished"):
+        next(read_tasks(str(out)))
