@@ -178,6 +178,7 @@ def export(
         by_shard[(source, shard)].append(row)
     items = [{"source": s, "shard": sh, "rows": rows} for (s, sh), rows in sorted(by_shard.items())]
     log(f"[export] {table.num_rows:,} tasks from {len(items)} shards -> {out} as {fmt}")
+    Store(out).delete("export.json")  # present only once this export is complete
     written, failed = [], []
     if items:
         init_ray(num_cpus)

@@ -23,12 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from taskray.blob import parse_blob
 from taskray.detect import Detection, detect
-from taskray.sources import list_shards, safe_part, shard_key
+from taskray.sources import HUB_DATASET, list_shards, safe_part, shard_key
 from taskray.storage import Store, arrow_filesystem
 
 ROWS_PER_PIECE = 20_000
@@ -162,7 +161,6 @@ def plan_pieces(shards, limit: int | None = None, rows_per_piece: int = ROWS_PER
 def scan_piece(item: dict, out_url: str) -> dict:
     """Ray Data task: read one piece's rows, build its catalog rows, write them atomically."""
     piece = Piece(**{**item, "row_groups": tuple(item["row_groups"])})
-    started = time.perf_counter()
     fs, path = arrow_filesystem(piece.shard)
     store = Store(out_url)
     parts, row, compressed = [], piece.start, 0
@@ -194,9 +192,6 @@ def scan_piece(item: dict, out_url: str) -> dict:
         "out": piece.out,
         "rows": table.num_rows,
         "compressed_bytes": compressed,
-        "verified": int(pc.sum(table["has_verifier"]).as_py() or 0),
-        "seconds": time.perf_counter() - started,
-        "finished_at": time.time(),
     }
 
 
@@ -309,7 +304,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "source",
         nargs="?",
         default=None,
-        help="Hub id (open-thoughts/TaskTrove), hf://datasets/...@rev, s3://bucket/prefix or "
+        help=f"Hub id ({HUB_DATASET}), hf://datasets/...@rev, s3://bucket/prefix or "
         "a folder of <source>/tasks.parquet; default: the built-in sample",
     )
     parser.add_argument("--out", default="taskray-out/scan", help="local folder or s3://bucket/prefix")

@@ -14,7 +14,7 @@ import zipfile
 
 import pytest
 
-from taskray.blob import Limits, parse_blob, safe_name, want_all
+from taskray.blob import FORMATS, Limits, parse_blob, safe_name, want_all
 
 FILES = {"instruction.md": "Do it.\n", "task.toml": 'version = "1.0"\n', "tests/test.sh": "echo 1\n"}
 
@@ -135,7 +135,8 @@ def test_zip_member_lying_about_its_size_is_caught():
     cd = data.rfind(b"PK\x01\x02")
     data[cd + 24 : cd + 28] = (10).to_bytes(4, "little")
     parsed = parse_blob(bytes(data), limits=limits)
-    assert parsed.error is not None or len(parsed.files.get("task.toml", b"")) <= 1000
+    # zipfile stops at the declared size, then the CRC of the short read does not match: an error row
+    assert parsed.error and "task.toml" in parsed.error
 
 
 @pytest.mark.parametrize(
@@ -163,9 +164,7 @@ def test_traversal_links_and_devices_are_skipped_not_kept():
     fifo = tarfile.TarInfo("./pipe")
     fifo.type = tarfile.FIFOTYPE
     tar = make_tar({**FILES, "../../escape.sh": "x"}, extra=[sym, hard, dev, fifo])
-    raw = bytearray(tar)
-    # tarfile refuses to write absolute names; plant one by hand in a copy of the first header
-    parsed = parse_blob(gzip.compress(bytes(raw)), want=want_all)
+    parsed = parse_blob(gzip.compress(tar), want=want_all)
     assert parsed.error is None
     assert set(parsed.members) == set(FILES)
     assert set(parsed.files) == set(FILES)
@@ -200,16 +199,21 @@ def test_truncated_and_corrupt_blobs_become_errors():
 
 
 def test_random_bytes_never_raise():
+    """Flipped bytes and noise are classified or become error rows, never a parser crash (which
+    parse_blob would report as an "unexpected ..." error)."""
     rng = random.Random(7)
     good = gzip.compress(make_tar(FILES))
+    blobs = []
     for _ in range(300):
         blob = bytearray(good)
         for _ in range(rng.randint(1, 8)):
             blob[rng.randrange(len(blob))] = rng.randrange(256)
-        parsed = parse_blob(bytes(blob))
-        assert parsed.format in ("tar", "zip", "json", "jsonl", "text", "binary")
-    for _ in range(200):
-        parse_blob(rng.randbytes(rng.randint(0, 2000)))
+        blobs.append(bytes(blob))
+    blobs += [rng.randbytes(rng.randint(0, 2000)) for _ in range(200)]
+    for blob in blobs:
+        parsed = parse_blob(blob)
+        assert parsed.format in FORMATS
+        assert not (parsed.error or "").startswith("unexpected"), parsed.error
 
 
 def test_only_wanted_members_are_copied():

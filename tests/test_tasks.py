@@ -227,11 +227,6 @@ def test_humaneval_rows(shared_data):
 
 
 def test_humaneval_evaluate_runs_in_the_sandbox(shared_data):
-    docker = pytest.importorskip("docker")
-    try:
-        docker.from_env().ping()
-    except Exception as e:  # a machine without a Docker daemon cannot run the sandbox at all
-        pytest.skip(f"no Docker daemon: {e}")
     task = HumanEval(path=shared_data / "humaneval")
     ex = find(task, "def has_close_elements(")
     assert task.evaluate(ex, ex["messages"][1]["content"]) is True
