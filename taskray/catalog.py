@@ -52,9 +52,11 @@ class Catalog:
         table = select(self.dest, list(where), f"^{re.escape(source)}$" if source else None)
         picks = sorted(random.Random(seed).sample(range(table.num_rows), min(n, table.num_rows)))
         rows = table.take(picks).to_pylist()
+        blobs = {}
+        for shard in {r["shard"] for r in rows}:  # one read per shard, not per row
+            blobs[shard] = fetch_blobs(shard, [r["row"] for r in rows if r["shard"] == shard])
         for row in rows:
-            _, blob = fetch_blobs(row["shard"], [row["row"]])[row["row"]]
-            parsed = parse_blob(blob)
+            parsed = parse_blob(blobs[row["shard"]][row["row"]][1])
             row["instruction"] = _instruction(parsed)
             row["files"] = sorted(parsed.members)
         return rows

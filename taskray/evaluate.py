@@ -205,6 +205,8 @@ def run(args) -> int:
             raise SystemExit(f"--{name} {value}: must be at least 1")
     if args.timeout <= 0:
         raise SystemExit(f"--timeout {args.timeout}: must be positive")
+    if args.memory_mb < 64:  # below this the Python runner cannot start: every job would look like infra
+        raise SystemExit(f"--memory-mb {args.memory_mb}: must be at least 64")
     problems = humaneval.load_problems(args.problems)
     if args.self_check:
         samples = self_check_samples(problems, args.repeat)

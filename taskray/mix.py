@@ -234,8 +234,6 @@ def render_shard(
     multipart_mb: float | None = None,
 ) -> dict[str, Any]:
     """Render positions [start, stop) of a split, store the shard, then its receipt."""
-    if multipart_mb:
-        storage.MULTIPART_THRESHOLD = int(multipart_mb * 2**20)
     plan = _worker_plan(spec_json, split)
     data = parquet_bytes(render_rows(plan, start, stop))
     receipt = {
@@ -251,7 +249,8 @@ def render_shard(
     try:
         with open(local, "wb") as f:
             f.write(data)
-        store.put_file(name, local)
+        threshold = int(multipart_mb * 2**20) if multipart_mb else storage.MULTIPART_THRESHOLD
+        store.put_file(name, local, multipart_threshold=threshold)
     finally:
         Path(local).unlink(missing_ok=True)
         os.rmdir(staging)

@@ -19,6 +19,7 @@ import json
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -121,22 +122,30 @@ class Piece:
         return self.stop - self.start
 
 
+def _row_group_sizes(url: str) -> list[int]:
+    fs, path = arrow_filesystem(url)
+    try:
+        with fs.open_input_file(path) as f:
+            meta = pq.ParquetFile(f).metadata
+    except pa.ArrowInvalid as e:
+        raise ValueError(f"{url}: not a readable parquet file ({e})") from None
+    return [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)]
+
+
 def plan_pieces(shards, limit: int | None = None, rows_per_piece: int = ROWS_PER_PIECE) -> list[Piece]:
-    """Split every shard into runs of whole row groups of about `rows_per_piece` rows (reads footers)."""
+    """Split every shard into runs of whole row groups of about `rows_per_piece` rows.
+
+    Footers are read in parallel: on the Hub or S3 each one is a round trip, and there are hundreds."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        sizes = list(pool.map(_row_group_sizes, [s.url for s in shards]))
     pieces: list[Piece] = []
     remaining = limit if limit is not None else float("inf")
-    for shard in shards:
-        fs, path = arrow_filesystem(shard.url)
-        try:
-            with fs.open_input_file(path) as f:
-                meta = pq.ParquetFile(f).metadata
-        except pa.ArrowInvalid as e:
-            raise ValueError(f"{shard.url}: not a readable parquet file ({e})") from None
+    for shard, row_groups in zip(shards, sizes):
         key = f"{safe_part(shard.source)}/{shard_key(shard.url, shard.source)}"
         row, group, groups = 0, [], []
-        for rg in range(meta.num_row_groups):
-            group.append((rg, meta.row_group(rg).num_rows))
-            if sum(n for _, n in group) >= rows_per_piece or rg == meta.num_row_groups - 1:
+        for rg, n in enumerate(row_groups):
+            group.append((rg, n))
+            if sum(k for _, k in group) >= rows_per_piece or rg == len(row_groups) - 1:
                 groups.append(group)
                 group = []
         for group in groups:

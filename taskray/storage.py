@@ -155,14 +155,16 @@ class Store:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def put_file(self, rel: str, local_path: str | Path) -> None:
-        """Move a finished local file into the store (multipart upload on S3 for large files)."""
+    def put_file(
+        self, rel: str, local_path: str | Path, multipart_threshold: int = MULTIPART_THRESHOLD
+    ) -> None:
+        """Move a finished local file into the store (multipart upload on S3 above the threshold)."""
         if is_s3(self.url):
             from boto3.s3.transfer import TransferConfig
 
             bucket, key = split_s3(self.path(rel))
             self._s3().upload_file(
-                str(local_path), bucket, key, Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD)
+                str(local_path), bucket, key, Config=TransferConfig(multipart_threshold=multipart_threshold)
             )
             return
         target = Path(self.path(rel))

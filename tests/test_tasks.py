@@ -264,6 +264,20 @@ def test_smoltalk_from_hub_schema_files(tmp_path, fmt):
     assert task.reference_answer(task[0]) == task[0]["messages"][-1]["content"]
 
 
+def test_smoltalk_folder_in_hub_layout_keeps_splits_apart(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = smoltalk_rows(12)
+    pq.write_table(pa.Table.from_pylist(rows[:8]), tmp_path / "train-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[8:]), tmp_path / "test-00000-of-00001.parquet")
+    assert len(SmolTalk("train", path=tmp_path)) == 8
+    test = SmolTalk("test", path=tmp_path)
+    assert sorted(test[i]["messages"][-1]["content"] for i in range(len(test))) == sorted(
+        f"answer {i}" for i in range(8, 12)
+    )
+
+
 def test_smoltalk_bad_row(tmp_path):
     file = tmp_path / "bad.jsonl"
     file.write_text(

@@ -38,6 +38,10 @@ class SmolTalk(DatasetTask):
             import datasets
 
             files = [p] if p.is_file() else sorted(p.glob("*.parquet")) or sorted(p.glob("*.jsonl"))
+            # a folder in the Hub's layout holds train-*.parquet and test-*.parquet: take this split's
+            same_split = [f for f in files if f.name.startswith(split)]
+            if same_split or any(f.name.startswith(("train", "test")) for f in files):
+                files = same_split
             kind = "parquet" if files and files[0].suffix == ".parquet" else "json"
             ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
             return [{"messages": m} for m in ds["messages"]], files
