@@ -18,14 +18,13 @@ import re
 from collections.abc import Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from taskray.blob import parse_blob
 from taskray.detect import detect
 from taskray.export import export, fetch_blobs, select
 from taskray.report import read_catalog, summarize
-from taskray.sources import list_shards
-from taskray.storage import Store, arrow_filesystem
+from taskray.sources import iter_task_batches, list_shards
+from taskray.storage import Store
 
 
 def _is_scan_output(url: str) -> bool:
@@ -125,10 +124,8 @@ def read_tasks(url: str, verified_only: bool = True, source_filter: str | None =
                 yield {**row, "instruction": _instruction(parse_blob(blob))}
         return
     for shard in list_shards(url, source_filter):
-        fs, path = arrow_filesystem(shard.url)
-        with fs.open_input_file(path) as f:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=256, columns=["path", "task_binary"]):
-                for p, blob in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-                    task = _task_row(shard.source, p, blob or b"")
-                    if task["has_verifier"] or not verified_only:
-                        yield task
+        for paths, blobs in iter_task_batches(shard.url):
+            for p, blob in zip(paths, blobs):
+                task = _task_row(shard.source, p, blob)
+                if task["has_verifier"] or not verified_only:
+                    yield task

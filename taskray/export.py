@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -132,12 +130,7 @@ def export_shard(item: dict, out_url: str, fmt: str) -> dict:
             {"path": [blobs[r][0] for r in item["rows"]], "task_binary": [blobs[r][1] for r in item["rows"]]},
             schema=TASKTROVE_SCHEMA,
         )
-        staging = store.staging_dir()
-        try:
-            pq.write_table(table, Path(staging) / "shard.parquet")
-            store.put_file(rel, Path(staging) / "shard.parquet")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        store.put_staged(rel, lambda local: pq.write_table(table, local))
         return {"written": [rel], "failed": []}
     for r in item["rows"]:
         path, blob = blobs[r]

@@ -25,7 +25,6 @@ import sys
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -244,16 +243,8 @@ def render_shard(
         "sha256": hashlib.sha256(data).hexdigest(),
     }
     store = storage.Store(out)
-    staging = store.staging_dir()
-    local = os.path.join(staging, os.path.basename(name))
-    try:
-        with open(local, "wb") as f:
-            f.write(data)
-        threshold = int(multipart_mb * 2**20) if multipart_mb else storage.MULTIPART_THRESHOLD
-        store.put_file(name, local, multipart_threshold=threshold)
-    finally:
-        Path(local).unlink(missing_ok=True)
-        os.rmdir(staging)
+    threshold = int(multipart_mb * 2**20) if multipart_mb else storage.MULTIPART_THRESHOLD
+    store.put_staged(name, lambda local: local.write_bytes(data), multipart_threshold=threshold)
     store.write_bytes(f"_progress/{os.path.basename(name)}.json", json.dumps(receipt).encode())
     return receipt
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from taskray.blob import parse_blob
 from taskray.detect import Detection, detect
-from taskray.sources import HUB_DATASET, list_shards, safe_part, shard_key
+from taskray.sources import HUB_DATASET, iter_task_batches, list_shards, safe_part, shard_key
 from taskray.storage import Store, arrow_filesystem
 
 ROWS_PER_PIECE = 20_000
@@ -170,33 +170,21 @@ def plan_pieces(shards, limit: int | None = None, rows_per_piece: int = ROWS_PER
 def scan_piece(item: dict, out_url: str) -> dict:
     """Ray Data task: read one piece's rows, build its catalog rows, write them atomically."""
     piece = Piece(**{**item, "row_groups": tuple(item["row_groups"])})
-    fs, path = arrow_filesystem(piece.shard)
     store = Store(out_url)
     parts, row, compressed = [], piece.start, 0
-    with fs.open_input_file(path) as f:
-        pf = pq.ParquetFile(f)
-        for batch in pf.iter_batches(
-            batch_size=BATCH_ROWS, row_groups=list(piece.row_groups), columns=["path", "task_binary"]
-        ):
-            take = min(batch.num_rows, piece.stop - row)
-            if take <= 0:
-                break
-            paths = batch.column(0).to_pylist()[:take]
-            blobs = batch.column(1).to_pylist()[:take]
-            compressed += sum(len(b or b"") for b in blobs)
-            parts.append(
-                pa.table(scan_blobs(piece.source, piece.shard, row, paths, blobs), schema=CATALOG_SCHEMA)
-            )
-            row += take
-            del batch, blobs  # the blob column goes as soon as it is parsed
+    for paths, blobs in iter_task_batches(piece.shard, list(piece.row_groups), BATCH_ROWS):
+        take = min(len(paths), piece.stop - row)
+        if take <= 0:
+            break
+        paths, blobs = paths[:take], blobs[:take]
+        compressed += sum(len(b) for b in blobs)
+        parts.append(
+            pa.table(scan_blobs(piece.source, piece.shard, row, paths, blobs), schema=CATALOG_SCHEMA)
+        )
+        row += take
+        del blobs  # the blob column goes as soon as it is parsed
     table = pa.concat_tables(parts) if parts else CATALOG_SCHEMA.empty_table()
-    staging = store.staging_dir()
-    try:
-        local = Path(staging) / "piece.parquet"
-        pq.write_table(table, local, compression="zstd")
-        store.put_file(piece.out, local)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    store.put_staged(piece.out, lambda local: pq.write_table(table, local, compression="zstd"))
     return {
         "out": piece.out,
         "rows": table.num_rows,

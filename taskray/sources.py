@@ -8,11 +8,13 @@ get the exact file URLs.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from taskray.storage import arrow_filesystem
 
@@ -26,6 +28,20 @@ class Shard:
     source: str  # the folder name, e.g. "nl2bash__nl2bash"
     url: str  # what arrow_filesystem() opens: local path, s3://..., hf://...
     size: int
+
+
+def iter_task_batches(
+    url: str, row_groups: list[int] | None = None, batch_rows: int = 256
+) -> Iterator[tuple[list[str], list[bytes]]]:
+    """(paths, blobs) in batches of `batch_rows` from one TaskTrove shard: at most one batch of blobs is
+    in memory at a time."""
+    fs, path = arrow_filesystem(url)
+    with fs.open_input_file(path) as f:
+        batches = pq.ParquetFile(f).iter_batches(
+            batch_size=batch_rows, row_groups=row_groups, columns=["path", "task_binary"]
+        )
+        for batch in batches:
+            yield batch.column(0).to_pylist(), [b or b"" for b in batch.column(1).to_pylist()]
 
 
 def safe_part(text: str) -> str:

@@ -13,8 +13,9 @@ read them, so nothing taskray-specific needs configuring.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,17 @@ class Store:
         target = Path(self.path(rel))
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(local_path, target)
+
+    def put_staged(
+        self, rel: str, write: Callable[[Path], object], multipart_threshold: int = MULTIPART_THRESHOLD
+    ) -> None:
+        """`write(path)` a file in local staging, then `put_file` it: the one way big outputs arrive."""
+        staging = Path(self.staging_dir())
+        try:
+            write(staging / Path(rel).name)
+            self.put_file(rel, staging / Path(rel).name, multipart_threshold)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def delete(self, rel: str) -> None:
         if is_s3(self.url):

@@ -7,9 +7,9 @@ taskray's Docker sandbox (`taskray.humaneval.check_completion`), never on the ho
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from taskray import humaneval
 from taskray.tasks.common import DatasetTask, load_rows
 
 
@@ -21,16 +21,10 @@ class HumanEval(DatasetTask):
         super().__init__(**kwargs)
 
         def read_local(p: Path) -> tuple[list[dict], list[Path]]:
-            import gzip
-
             file = p if p.is_file() else p / "HumanEval.jsonl.gz"
-            opener = gzip.open if file.suffix == ".gz" else open
-            with opener(file, "rt", encoding="utf-8") as f:
-                return [json.loads(line) for line in f if line.strip()], [file]
+            return humaneval.load_problems(f"humaneval:{file}"), [file]  # the eval job's checked loader
 
-        self.ds, self.source = load_rows(
-            "openai/openai_humaneval", None, "test", path, read_local, shuffle_seed
-        )
+        self.ds, self.source = load_rows(humaneval.HUB_ID, None, "test", path, read_local, shuffle_seed)
 
     def get_example(self, index: int) -> dict:
         row = self.ds[index]
@@ -38,7 +32,7 @@ class HumanEval(DatasetTask):
         # is the whole function
         messages = [
             {"role": "user", "content": row["prompt"]},
-            {"role": "assistant", "content": f"{row['prompt']}\n{row['canonical_solution']}"},
+            {"role": "assistant", "content": humaneval.canonical_completion(row)},
         ]
         # what grading needs travels with the conversation (and into the exported `info`)
         return {
@@ -51,12 +45,10 @@ class HumanEval(DatasetTask):
     def evaluate(self, conversation: dict, completion: str) -> bool:
         """Run the completion against the problem's tests in the Docker sandbox. The completion may be
         a chat answer (a ```python block or a whole function) or a continuation of the prompt."""
-        from taskray.humaneval import check_completion
-
         problem = {
             "task_id": conversation["task_id"],
             "prompt": conversation["messages"][0]["content"],
             "entry_point": conversation["entry_point"],
             "test": conversation["test"],
         }
-        return bool(check_completion(problem, completion))
+        return bool(humaneval.check_completion(problem, completion))
