@@ -192,6 +192,29 @@ def scan_piece(item: dict, out_url: str) -> dict:
     }
 
 
+class PieceScanner:
+    """A long-lived Ray Data worker. An actor pool rather than one Ray task per piece: each task paid a
+    worker lease and a scheduling round trip (0.1-0.4 s on a busy 2-core machine, against ~1 s of work per
+    piece), while an actor keeps its imports warm and always has the next piece queued."""
+
+    def __call__(self, item: dict, out_url: str) -> dict:
+        return scan_piece(item, out_url)
+
+
+def _scanner_pool(pieces: int):
+    import ray
+
+    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    return ray.data.ActorPoolStrategy(
+        min_size=1,
+        initial_size=min(cpus, pieces),
+        # more actors than pieces would idle; above the CPUs there are now, Ray Data grows the pool only
+        # when an autoscaling cluster adds nodes
+        max_size=max(min(cpus, pieces), pieces),
+        max_tasks_in_flight_per_actor=2,  # one piece running, the next one waiting: no gap between them
+    )
+
+
 @dataclass
 class ScanResult:
     out: str
@@ -258,7 +281,12 @@ def scan(
         running = time.perf_counter()  # rates count scanning, not Ray start-up
         items = [{**asdict(p), "row_groups": list(p.row_groups)} for p in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map(scan_piece, fn_kwargs={"out_url": out}, num_cpus=1)
+        ds = ds.map(
+            PieceScanner,
+            fn_kwargs={"out_url": out},
+            num_cpus=1,
+            compute=_scanner_pool(len(todo)),
+        )
         last_log, finished, nbytes = 0.0, 0, 0
         for stats in ds.iter_rows():
             finished += 1
