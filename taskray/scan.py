@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from taskray.blob import parse_blob
+from taskray.blob import ParsedBlob, parse_blob
 from taskray.detect import Detection, detect
 from taskray.sources import HUB_DATASET, iter_task_batches, list_shards, safe_part, shard_key
 from taskray.storage import Store, arrow_filesystem
@@ -78,34 +78,39 @@ _DETECTION_COLUMNS = (
 )
 
 
+def _parse_and_detect(blob: bytes) -> tuple[ParsedBlob, Detection]:
+    parsed = parse_blob(blob)
+    try:
+        return parsed, detect(parsed)
+    except Exception as e:  # a detection bug must cost one row, not the piece (parse_blob does the same)
+        parsed.error = f"unexpected {type(e).__name__} in detection: {e}"
+        return parsed, Detection()
+
+
 def scan_blobs(
     source: str, shard: str, first_row: int, paths: list[str], blobs: list[bytes]
 ) -> dict[str, list]:
     """Catalog columns for a batch of rows. Pure: no Ray, no I/O; the same bytes give the same rows."""
-    cols: dict[str, list] = {name: [] for name in CATALOG_SCHEMA.names}
-    for i, (path, blob) in enumerate(zip(paths, blobs)):
-        blob = blob or b""
-        parsed = parse_blob(blob)
-        try:
-            det = detect(parsed)
-        except Exception as e:  # a detection bug must cost one row, not the piece (parse_blob does the same)
-            det = Detection()
-            parsed.error = f"unexpected {type(e).__name__} in detection: {e}"
-        cols["source"].append(source)
-        cols["path"].append(path)
-        cols["shard"].append(shard)
-        cols["row"].append(first_row + i)
-        cols["format"].append(parsed.format)
-        cols["compression"].append(parsed.compression)
-        cols["compressed_bytes"].append(len(blob))
-        cols["raw_bytes"].append(parsed.raw_bytes)
-        cols["n_files"].append(parsed.n_files)
-        cols["n_skipped"].append(len(parsed.skipped))
-        for name in _DETECTION_COLUMNS:
-            cols[name].append(getattr(det, name))
-        cols["error"].append(parsed.error)
-        cols["blob_sha256"].append(hashlib.sha256(blob).hexdigest())
-    return cols
+    blobs = [b or b"" for b in blobs]
+    results = [_parse_and_detect(b) for b in blobs]
+    parsed = [p for p, _ in results]
+    cols: dict[str, list] = {
+        "source": [source] * len(blobs),
+        "path": list(paths),
+        "shard": [shard] * len(blobs),
+        "row": list(range(first_row, first_row + len(blobs))),
+        "format": [p.format for p in parsed],
+        "compression": [p.compression for p in parsed],
+        "compressed_bytes": [len(b) for b in blobs],
+        "raw_bytes": [p.raw_bytes for p in parsed],
+        "n_files": [len(p.members) for p in parsed],
+        "n_skipped": [len(p.skipped) for p in parsed],
+    }
+    for name in _DETECTION_COLUMNS:
+        cols[name] = [getattr(d, name) for _, d in results]
+    cols["error"] = [p.error for p in parsed]
+    cols["blob_sha256"] = [hashlib.sha256(b).hexdigest() for b in blobs]
+    return {name: cols[name] for name in CATALOG_SCHEMA.names}
 
 
 @dataclass(frozen=True)
