@@ -320,9 +320,9 @@ SAMPLE_TASKS = 400
 
 def builtin_sample() -> str:
     """A small synthetic corpus (all families, decoys, bombs), generated once into the user cache."""
-    from taskray.synth import synth_corpus
+    from taskray.synth import SYNTH_VERSION, synth_corpus
 
-    folder = Path.home() / ".cache" / "taskray" / f"sample-{SAMPLE_TASKS}"
+    folder = Path.home() / ".cache" / "taskray" / f"sample-{SAMPLE_TASKS}-v{SYNTH_VERSION}"
     if not (folder / "done").exists():
         synth_corpus(folder, SAMPLE_TASKS, sources=4, seed=0)
         (folder / "done").write_text("ok\n")

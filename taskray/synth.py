@@ -1,7 +1,7 @@
 """A deterministic synthetic TaskTrove corpus: every verifier family, other blob shapes, decoys and attacks.
 
-Same arguments, same bytes: tar/gzip headers carry fixed mtimes and owners, and all choices come from one
-seeded RNG. The family of each task is in its `path` (`<family>/<n>`), which detection never reads, so
+Same arguments, same bytes: tar/gzip headers carry fixed mtimes and owners, and all choices come from
+seeded RNGs (one per source, so large corpora are generated in parallel). The family of each task is in its `path` (`<family>/<n>`), which detection never reads, so
 tests can compare what was detected with what was generated.
 """
 
@@ -11,10 +11,12 @@ import argparse
 import gzip
 import io
 import json
+import multiprocessing
 import random
 import tarfile
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,6 +24,9 @@ import pyarrow.parquet as pq
 
 from taskray.blob import DEFAULT_LIMITS
 from taskray.sources import TASKTROVE_SCHEMA
+
+# Bumped whenever the same arguments start making different bytes, so cached corpora are not reused.
+SYNTH_VERSION = 2
 
 # family -> the verifier_kind detection must report (None: not a verifier; "error": an error row)
 EXPECTED_KIND: dict[str, str | None] = {
@@ -100,7 +105,7 @@ def _tar(files: dict[str, bytes | str], prefix: str = "./", compress: str = "gz"
         for info in extra or ():
             tar.addfile(info)
     raw = buf.getvalue()
-    return gzip.compress(raw, mtime=0) if compress == "gz" else raw
+    return gzip.compress(raw, compresslevel=6, mtime=0) if compress == "gz" else raw  # tar czf's level
 
 
 def _zip(files: dict[str, str]) -> bytes:
@@ -120,10 +125,12 @@ _VOCAB = (
 
 def _prose(rng: random.Random, words: int) -> str:
     """Text that compresses like real instructions (about 3:1), unlike a repeated phrase."""
-    out = [
-        rng.choice(_VOCAB) + (f"_{rng.randrange(1000)}" if rng.random() < 0.15 else "") for _ in range(words)
-    ]
-    return " ".join(out[i] + (".\n" if i % 14 == 13 else "") for i in range(words))
+    out = rng.choices(_VOCAB, k=words)  # one call for all words: generating 300k-task corpora stays quick
+    for i in rng.sample(range(words), words * 15 // 100):
+        out[i] += f"_{rng.randrange(1000)}"
+    for i in range(13, words, 14):
+        out[i] += ".\n"
+    return " ".join(out)
 
 
 def _harbor(rng: random.Random, family: str, n: int, tests: dict[str, str], solution: bool = True) -> dict:
@@ -355,27 +362,45 @@ def synth_corpus(
     profile: str = "all",
 ) -> list[Path]:
     """Write `sources` folders `synth__source-<i>/tasks.parquet` holding `tasks` rows in all."""
-    rng = random.Random(seed)
     families = [f for f in families or EXPECTED_KIND if PROFILES[profile][f] > 0]
     weights = [PROFILES[profile][f] for f in families]
-    out = Path(out)
-    written = []
-    for s in range(sources):
-        count = tasks // sources + (1 if s < tasks % sources else 0)
-        paths, blobs = [], []
-        for i in range(count):
-            family = rng.choices(families, weights)[0]
-            n = s * 1_000_000 + i
-            paths.append(f"{family}/{n}")
-            blobs.append(make_blob(family, n, rng))
-        folder = out / f"synth__source-{s}"
-        folder.mkdir(parents=True, exist_ok=True)
-        table = pa.table({"path": paths, "task_binary": blobs}, schema=TASKTROVE_SCHEMA)
-        tmp = folder / ".tasks.parquet.tmp"
-        pq.write_table(table, tmp, row_group_size=row_group_size, compression="none")
-        tmp.replace(folder / "tasks.parquet")
-        written.append(folder / "tasks.parquet")
-    return written
+    jobs = [
+        (
+            Path(out),
+            s,
+            tasks // sources + (1 if s < tasks % sources else 0),
+            seed,
+            families,
+            weights,
+            row_group_size,
+        )
+        for s in range(sources)
+    ]
+    if tasks < 20_000:  # small corpora (tests, the built-in sample): no process pool to start
+        return [_write_source(*job) for job in jobs]
+    # Each source has its own RNG, so sources can be generated in parallel and stay deterministic
+    # (the benchmark's corpora take ~1 ms per task to make).
+    with ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_write_source, *zip(*jobs)))
+
+
+def _write_source(
+    out: Path, s: int, count: int, seed: int, families: list[str], weights: list[float], row_group_size: int
+) -> Path:
+    rng = random.Random(f"{seed}/{s}")
+    paths, blobs = [], []
+    for i in range(count):
+        family = rng.choices(families, weights)[0]
+        n = s * 1_000_000 + i
+        paths.append(f"{family}/{n}")
+        blobs.append(make_blob(family, n, rng))
+    folder = out / f"synth__source-{s}"
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"path": paths, "task_binary": blobs}, schema=TASKTROVE_SCHEMA)
+    tmp = folder / ".tasks.parquet.tmp"
+    pq.write_table(table, tmp, row_group_size=row_group_size, compression="none")
+    tmp.replace(folder / "tasks.parquet")
+    return folder / "tasks.parquet"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
