@@ -89,6 +89,16 @@ def test_task_toml_fields():
     assert (det.cpus, det.memory_mb, det.allow_internet, det.docker_image) == (2.0, 4096, False, "img:1")
 
 
+def test_legacy_task_yaml_timeouts_are_the_top_level_keys_only():
+    task_yaml = (
+        "descriptions:\n  - key: base\n    description: |-\n      max_test_timeout_sec: 999\n"
+        "max_agent_timeout_sec: 180.0  # three minutes\n'max_test_timeout_sec': \"30\"\n"
+    )
+    det = detect(parse_blob(tar_of({"task.yaml": task_yaml, "run-tests.sh": "pytest\n", "tests/a.py": ""})))
+    assert det.verifier_kind == "legacy_tb"
+    assert (det.verifier_timeout_sec, det.agent_timeout_sec) == (30.0, 180.0)
+
+
 def test_decoys_do_not_verify_but_are_recorded():
     det = detect(
         parse_blob(
