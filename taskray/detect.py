@@ -232,9 +232,12 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
         kinds.add("io_cases")
 
     config = parsed.text("tests/config.json")
+    article_json = False
     if config is not None:
         try:
-            keys = _json_keys(json.loads(config), sig, "tests/config.json")
+            obj = json.loads(config)
+            article_json = isinstance(obj, dict) and any(k in obj for k in ARTICLE_JSON_KEYS)
+            keys = _json_keys(obj, sig, "tests/config.json")
         except ValueError:
             keys = set()
             sig.append("tests/config.json:unparseable")
@@ -277,7 +280,6 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
             sig.append(f"{n}:verifier-name")
             kinds.add("python_verifier" if base.endswith(".py") else "harbor_tests")
 
-    article_json = False
     for n in json_members:
         try:
             obj = json.loads(parsed.files[n])
@@ -290,9 +292,7 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
     det.harbor_complete = names.keys() >= HARBOR_REQUIRED
     det.has_oracle = has_solution
     det.verifier_kind = min(kinds, key=KINDS.index) if kinds else "none"
-    det.article_verified = (
-        bool(name_hits) or article_json or any(s.startswith("tests/config.json:key-") for s in sig)
-    )
+    det.article_verified = bool(name_hits) or article_json
     _read_task_config(parsed, det)
 
 
