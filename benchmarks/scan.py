@@ -5,8 +5,8 @@
 Every contender reads the same synthetic corpus shaped like TaskTrove (`taskray synth --profile
 tasktrove`: nearly every blob a gzip'd Harbor tar of about 3 KB across all verifier families, with a
 little zip, xz, JSON, text, junk and corruption; no compression bombs, which the article's loop cannot
-survive) in its own process tree, pinned to the CPUs it is given (`sched_setaffinity`, inherited by
-every Ray process), and we sample the RSS of the whole tree (for taskray: driver, raylet, workers).
+survive) in its own process tree, pinned to the CPUs it is given (`taskset`, inherited by every Ray
+process), and we sample the RSS of the whole tree (for taskray: driver, raylet, workers).
 Library imports and Ray start-up are not timed, for either side.
 
 Two more measurements put the ratios in context, because on a shared 2-core VM the second core is not
@@ -124,13 +124,9 @@ def measure(cmd: list[str], cpus: set[int]) -> tuple[dict, float]:
     MB)."""
     import psutil
 
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
-    )
+    # taskset execs the child in place (same pid), and Ray's processes inherit its CPU set
+    pinned = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *cmd]
+    proc = subprocess.Popen(pinned, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak = 0
     stop = threading.Event()
 
