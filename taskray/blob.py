@@ -62,10 +62,6 @@ class ParsedBlob:
     data: Any = None  # the decoded object for json, the list of rows for jsonl
     error: str | None = None
 
-    @property
-    def n_files(self) -> int:
-        return len(self.members)
-
     def text(self, name: str) -> str | None:
         raw = self.files.get(name)
         return None if raw is None else raw.decode("utf-8", errors="replace")
@@ -99,7 +95,9 @@ def safe_name(name: str) -> str | None:
         and ".." not in name
         and "//" not in name
         and "/." not in name
+        and "\x00" not in name  # a pax path can carry one
         and name[:1] not in "/."
+        and name[1:2] != ":"  # C:... is absolute on Windows
     ):
         return name.rstrip("/") or None  # the common case, decided without splitting
     name = name.replace("\\", "/")
@@ -211,7 +209,11 @@ def _checksum_ok(header: bytes) -> bool:
         stored = _octal(header[148:156])
     except ValueError:
         return False
-    return stored == sum(header) - sum(header[148:156]) + 8 * 32
+    unsigned = sum(header) - sum(header[148:156]) + 8 * 32
+    if stored == unsigned:
+        return True
+    # some old tars summed the bytes as signed chars (tarfile accepts both)
+    return stored == unsigned - 256 * sum(1 for b in header[:148] + header[156:] if b > 127)
 
 
 def looks_like_tar(buf: bytes) -> bool:
@@ -221,13 +223,15 @@ def looks_like_tar(buf: bytes) -> bool:
 
 
 def _pax_path(records: bytes) -> str | None:
-    # "%d path=value\n" records; only the path matters to us
+    # "%d path=value\n" records, the length counting the whole record; only the path matters to us
     pos = 0
     while pos < len(records):
         space = records.find(b" ", pos)
         if space < 0:
             break
-        length = int(records[pos:space])
+        length = int(records[pos:space]) if records[pos:space].isdigit() else 0
+        if length <= space - pos or pos + length > len(records):  # 0 would loop forever
+            raise BlobError("corrupt pax header")
         key, _, value = records[space + 1 : pos + length - 1].partition(b"=")
         if key == b"path":
             return value.decode("utf-8", errors="replace")
@@ -239,11 +243,14 @@ def _pax_path(records: bytes) -> str | None:
 _HEADER = struct.Struct("100s24x12s20x1s100x6s82x155s")
 
 
-def walk_tar(buf: bytes, limits: Limits, parsed: ParsedBlob) -> dict[str, tuple[int, int]]:
+def walk_tar(
+    buf: bytes, limits: Limits, parsed: ParsedBlob, checksums: bool = True
+) -> dict[str, tuple[int, int]]:
     """Member names and sizes into `parsed`; returns where each member's bytes are in `buf`.
 
-    Only `looks_like_tar` consults the first header's checksum; after that a header must parse (a size,
-    a name), and gzip's CRC already guards the bytes of compressed tars."""
+    With `checksums` every header's checksum is verified. A gzip'd tar can skip that (summing 512 bytes
+    per member costs more than the rest of the walk): gzip's CRC already guards every byte, so a header
+    there only has to parse."""
     off, end, count = 0, len(buf), 0
     long_name: str | None = None
     spans: dict[str, tuple[int, int]] = {}
@@ -251,6 +258,8 @@ def walk_tar(buf: bytes, limits: Limits, parsed: ParsedBlob) -> dict[str, tuple[
     while off + 512 <= end:
         if buf[off] == 0 and buf.count(0, off, off + 512) == 512:
             return spans  # end-of-archive marker
+        if checksums and not _checksum_ok(buf[off : off + 512]):
+            raise BlobError(f"corrupt tar header at offset {off} (bad checksum)")
         raw_name, raw_size, kind, magic, prefix = unpack(buf, off)
         try:
             size = _octal(raw_size)
@@ -384,10 +393,14 @@ def parse_blob(
         if buf[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
             parsed.format = "zip"
             zf, infos = walk_zip(buf, limits, parsed)
-            read = lambda name: _read_zip_member(zf, infos[name], name, limits)  # noqa: E731
+
+            def read(name: str) -> bytes:
+                return _read_zip_member(zf, infos[name], name, limits)
+
         elif looks_like_tar(buf):
             parsed.format = "tar"
-            spans = walk_tar(buf, limits, parsed)
+            # gzip, bz2 and xz carry a CRC of the whole stream; a bare (or zstd) tar has only its headers'
+            spans = walk_tar(buf, limits, parsed, checksums=parsed.compression in ("none", "zstd"))
 
             def read(name: str) -> bytes:
                 start, size = spans[name]

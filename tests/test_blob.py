@@ -140,7 +140,8 @@ def test_zip_member_lying_about_its_size_is_caught():
 
 
 @pytest.mark.parametrize(
-    "name", ["../evil.sh", "a/../../evil.sh", "/etc/passwd", "..", "./../x", "a\\..\\..\\x"]
+    "name",
+    ["../evil.sh", "a/../../evil.sh", "/etc/passwd", "..", "./../x", "a\\..\\..\\x", "C:x", "a\x00b"],
 )
 def test_unsafe_names_are_refused(name):
     assert safe_name(name) is None
@@ -196,6 +197,54 @@ def test_truncated_and_corrupt_blobs_become_errors():
     assert "corrupt" in parse_blob(b"\x1f\x8b\x08\x00garbage-garbage-garbage").error
     assert parse_blob(b"BZh9" + b"\x00" * 50).error
     assert parse_blob(b"PK\x03\x04" + b"\x00" * 50).error
+
+
+def _with_header_field(tar: bytes, start: int, value: bytes) -> bytes:
+    """`tar` with bytes [start, start+len(value)) of its first header replaced, checksum made right."""
+    raw = bytearray(tar)
+    raw[start : start + len(value)] = value
+    raw[148:156] = b"        "
+    raw[148:155] = f"{sum(raw[:512]):06o}\0".encode()
+    return bytes(raw)
+
+
+def test_pax_header_with_a_zero_length_record_is_an_error_not_a_hang():
+    pax = make_tar({"task.toml": "x"}, fmt=tarfile.PAX_FORMAT, extra=())
+    info = tarfile.TarInfo("./PaxHeaders/x")
+    info.type, info.size = tarfile.XHDTYPE, 10
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b"0 mtime=1\n"))
+    hand_made = buf.getvalue()[:1024] + pax
+    for blob in (hand_made, gzip.compress(hand_made)):
+        assert parse_blob(blob).error == "corrupt pax header"
+
+
+@pytest.mark.parametrize(
+    "size_field, size",
+    [
+        (b"00000000002\0", 2),
+        (b"          2 ", 2),
+        (b"2\0\0\0\0\0\0\0\0\0\0\0", 2),
+        (b"\x80" + b"\0" * 10 + b"\x02", 2),
+    ],
+)
+def test_tar_size_fields_in_every_encoding(size_field, size):
+    """Zero-padded octal (tarfile), space-padded and NUL-terminated octal (other tars), GNU base-256."""
+    blob = _with_header_field(make_tar({"a.txt": "hi"}, prefix=""), 124, size_field)
+    assert parse_blob(blob).members == {"a.txt": size}
+
+
+def test_flipped_header_bytes_in_an_uncompressed_tar_are_caught_by_the_checksum():
+    """A bare tar has no CRC around it, so its header checksums are verified (a gzip'd one skips that)."""
+    rng = random.Random(3)
+    good = make_tar(FILES)
+    for _ in range(200):
+        blob = bytearray(good)
+        blob[rng.randrange(512)] ^= 1 << rng.randrange(8)
+        if blob[148:156] == good[148:156]:
+            parsed = parse_blob(bytes(blob))  # a flip in the magic makes it "not a tar" instead
+            assert parsed.format != "tar" or "corrupt tar header at offset 0" in parsed.error
 
 
 def test_random_bytes_never_raise():
