@@ -368,6 +368,8 @@ def _try_json(buf: bytes, parsed: ParsedBlob) -> bool:
         return True
     except json.JSONDecodeError:
         pass
+    except RecursionError:
+        raise BlobError("JSON nested too deeply to parse") from None
     rows = []
     for line in text.splitlines():
         if line.strip():
@@ -375,6 +377,8 @@ def _try_json(buf: bytes, parsed: ParsedBlob) -> bool:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 return False
+            except RecursionError:
+                raise BlobError("JSON nested too deeply to parse") from None
     if len(rows) < 2:
         return False
     parsed.data, parsed.format = rows, "jsonl"

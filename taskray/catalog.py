@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from taskray.blob import parse_blob
-from taskray.detect import detect
+from taskray.detect import parse_and_detect
 from taskray.export import export, fetch_blobs, select
 from taskray.report import read_catalog, summarize
 from taskray.sources import iter_task_batches, list_shards
@@ -83,15 +83,16 @@ def _instruction(parsed) -> str:
         import yaml
 
         try:
-            text = (yaml.safe_load(parsed.text("task.yaml")) or {}).get("instruction")
-        except yaml.YAMLError:
-            text = None
+            task = yaml.safe_load(parsed.text("task.yaml"))
+        except (yaml.YAMLError, RecursionError):
+            task = None
+        text = task.get("instruction") if isinstance(task, dict) else None
+        text = text if isinstance(text, str) else None
     return text if text is not None else (parsed.text("<text>") or "")
 
 
 def _task_row(source: str, path: str, blob: bytes) -> dict:
-    parsed = parse_blob(blob)
-    det = detect(parsed)
+    parsed, det = parse_and_detect(blob)
     return {
         "source": source,
         "path": path,

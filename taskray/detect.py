@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import rtoml
 
-from taskray.blob import ParsedBlob
+from taskray.blob import ParsedBlob, parse_blob
 
 ARTICLE_NAME_TOKENS = ("verifier", "verify", "grader", "judge", "score", "eval")
 ARTICLE_JSON_KEYS = (
@@ -103,7 +104,7 @@ _LEGACY_TIMEOUT = re.compile(
 _ARTICLE_NAME = re.compile("|".join(ARTICLE_NAME_TOKENS))
 
 
-def article_name_hits(names: list[str]) -> list[str]:
+def article_name_hits(names: Iterable[str]) -> list[str]:
     return [n for n in names if _ARTICLE_NAME.search(n.lower())]
 
 
@@ -150,10 +151,12 @@ def _read_task_config(parsed: ParsedBlob, det: Detection) -> None:
         return
     yaml_text = parsed.text("task.yaml")
     if yaml_text is not None:  # older Terminal-Bench layout
-        # Two top-level scalars are all we read, and a top-level key is a line starting at column 0
-        # (block-scalar and nested lines are indented). A YAML parser spent 30 us per file on the
-        # instruction text around them: 5% of a scan's CPU on a corpus with 7% legacy tasks.
-        found = dict(_LEGACY_TIMEOUT.findall(yaml_text))
+        # Two top-level scalars are all we read, and in Terminal-Bench's task.yaml a top-level key is a
+        # line starting at column 0: the instruction around them is a block scalar (`|-`), whose lines
+        # are indented. (A multi-line *quoted* scalar could put a look-alike line at column 0; the
+        # timeouts are hints, not evidence, so we accept that.) A YAML parser spent 30 us per file on
+        # the instruction text: 5% of a scan's CPU on a corpus with 7% legacy tasks.
+        found = dict(_LEGACY_TIMEOUT.findall(yaml_text.removeprefix("\ufeff")))
         det.verifier_timeout_sec = _float(found.get("max_test_timeout_sec"))
         det.agent_timeout_sec = _float(found.get("max_agent_timeout_sec"))
 
@@ -197,10 +200,10 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
             sig.append("tests/test.sh:runs-pytest")
     runner = test_sh or ""
 
-    # One pass over the member names collects everything the rules below look at. Most tasks have no
-    # article-name hit at all, so one search over all names spares a search per name.
+    # Most tasks have no article-name hit at all, so one search over all names spares a search per name.
     all_names = "\n".join(names).lower()
-    name_hits = article_name_hits(list(names)) if _ARTICLE_NAME.search(all_names) else []
+    name_hits = article_name_hits(names) if _ARTICLE_NAME.search(all_names) else []
+    # One loop over the member names collects what the rules below look at.
     py_tests, expected, tomls, json_members = [], [], [], []
     has_tests_dir = has_solution = False
     for n, size in names.items():
@@ -238,7 +241,7 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
             obj = json.loads(config)
             article_json = isinstance(obj, dict) and any(k in obj for k in ARTICLE_JSON_KEYS)
             keys = _json_keys(obj, sig, "tests/config.json")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested thousands deep
             keys = set()
             sig.append("tests/config.json:unparseable")
         for k in ("fail_to_pass", "pass_to_pass"):
@@ -283,7 +286,7 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
     for n in json_members:
         try:
             obj = json.loads(parsed.files[n])
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(obj, dict) and any(k in obj for k in ARTICLE_JSON_KEYS):
             article_json = True
@@ -326,3 +329,13 @@ def detect(parsed: ParsedBlob) -> Detection:
         _detect_json(parsed, det)
     det.has_verifier = det.verifier_kind != "none"
     return det
+
+
+def parse_and_detect(blob: bytes) -> tuple[ParsedBlob, Detection]:
+    """`parse_blob` then `detect`, neither of which ever raises on bad input."""
+    parsed = parse_blob(blob)
+    try:
+        return parsed, detect(parsed)
+    except Exception as e:  # a detection bug must cost one row, not a piece (parse_blob does the same)
+        parsed.error = f"unexpected {type(e).__name__} in detection: {e}"
+        return parsed, Detection()

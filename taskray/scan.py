@@ -26,8 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from taskray.blob import ParsedBlob, parse_blob
-from taskray.detect import Detection, detect
+from taskray.detect import parse_and_detect
 from taskray.sources import HUB_DATASET, iter_task_batches, list_shards, safe_part, shard_key
 from taskray.storage import Store, arrow_filesystem
 
@@ -78,21 +77,12 @@ _DETECTION_COLUMNS = (
 )
 
 
-def _parse_and_detect(blob: bytes) -> tuple[ParsedBlob, Detection]:
-    parsed = parse_blob(blob)
-    try:
-        return parsed, detect(parsed)
-    except Exception as e:  # a detection bug must cost one row, not the piece (parse_blob does the same)
-        parsed.error = f"unexpected {type(e).__name__} in detection: {e}"
-        return parsed, Detection()
-
-
 def scan_blobs(
     source: str, shard: str, first_row: int, paths: list[str], blobs: list[bytes]
 ) -> dict[str, list]:
     """Catalog columns for a batch of rows. Pure: no Ray, no I/O; the same bytes give the same rows."""
     blobs = [b or b"" for b in blobs]
-    results = [_parse_and_detect(b) for b in blobs]
+    results = [parse_and_detect(b) for b in blobs]
     parsed = [p for p, _ in results]
     cols: dict[str, list] = {
         "source": [source] * len(blobs),

@@ -99,6 +99,28 @@ def test_legacy_task_yaml_timeouts_are_the_top_level_keys_only():
     assert (det.verifier_timeout_sec, det.agent_timeout_sec) == (30.0, 180.0)
 
 
+def test_legacy_task_yaml_with_a_byte_order_mark():
+    task_yaml = "\ufeffmax_test_timeout_sec: 45\ninstruction: |-\n  Do it.\n"
+    det = detect(parse_blob(tar_of({"task.yaml": task_yaml, "run-tests.sh": "pytest\n", "tests/a.py": ""})))
+    assert det.verifier_timeout_sec == 45.0
+
+
+@pytest.mark.parametrize(
+    "config, article",
+    [('{"tests": []}', True), ('{"FAIL_TO_PASS": ["a"]}', True), ('{"repo": "x"}', False), ("[1]", False)],
+)
+def test_article_rule_on_tests_config_json_is_its_top_level_keys(config, article):
+    det = detect(parse_blob(tar_of({**HARBOR_BASE, "tests/config.json": config})))
+    assert det.article_verified is article
+
+
+def test_json_nested_thousands_deep_costs_a_row_not_a_crash():
+    deep = "[" * 100_000 + "]" * 100_000
+    assert "nested too deeply" in parse_blob(deep.encode()).error
+    det = detect(parse_blob(tar_of({**HARBOR_BASE, "tests/config.json": deep, "meta.json": deep})))
+    assert "tests/config.json:unparseable" in det.verifier_signals and not det.has_verifier
+
+
 def test_decoys_do_not_verify_but_are_recorded():
     det = detect(
         parse_blob(

@@ -51,3 +51,29 @@ def test_tasktrove_folder_gives_instructions_and_metadata(shared_data, tmp_path)
         assert info["verifier_kind"] == ex["verifier_kind"]
     paths = [task[i]["path"] for i in range(len(task))]
     assert paths == sorted(paths)  # a stable order, whatever order the catalog lists them in
+
+
+def test_legacy_task_yaml_that_is_not_a_mapping_gives_no_instruction(tmp_path):
+    from taskray.catalog import read_tasks
+
+    def blob(task_yaml: str) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for name, text in {"task.yaml": task_yaml, "run-tests.sh": "pytest\n"}.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(text)
+                tar.addfile(info, io.BytesIO(text.encode()))
+        return buf.getvalue()
+
+    source = tmp_path / "org__legacy"
+    source.mkdir()
+    yamls = ["- a list\n", "instruction: 42\n", "instruction: |-\n  Do it.\n"]
+    pq.write_table(
+        pa.table({"path": ["a", "b", "c"], "task_binary": [blob(y) for y in yamls]}), source / "tasks.parquet"
+    )
+    rows = list(read_tasks(str(tmp_path), verified_only=False))
+    assert [(r["path"], r["instruction"], r["error"]) for r in rows] == [
+        ("a", "", None),
+        ("b", "", None),
+        ("c", "Do it.", None),
+    ]
