@@ -11,8 +11,8 @@ Library imports and Ray start-up are not timed, for either side.
 
 Two more measurements put the ratios in context, because on a shared 2-core VM the second core is not
 always a whole core: the in-process hot loop (`scan_blobs`, no Ray) alone and as two copies at once,
-one per core, which is as well as any program can scale here; and the fixed cost of a scan (a scan of a
-1,000-task corpus). Ratios are computed within this run (rounds interleaved, best of each kept):
+one per core, which is how well the per-task work itself scales here; and the fixed cost of a scan (a
+scan of a 1,000-task corpus). Ratios are computed within this run (rounds interleaved, best of each kept):
 absolute numbers drift on these machines.
 """
 
@@ -214,7 +214,7 @@ def main() -> None:
         )
     scaling = results["taskray scan, 1 CPU"][0]["seconds"] / results["taskray scan, 2 CPUs"][0]["seconds"]
     print(
-        f"\nscaling 1 -> 2 CPUs: {scaling:.2f}x. This machine's own ceiling: {sum(pair) / alone:.2f}x (the "
+        f"\nscaling 1 -> 2 CPUs: {scaling:.2f}x. Per-task work alone scales {sum(pair) / alone:.2f}x (the "
         f"hot loop, no Ray: {alone:,.0f} tasks/s alone, {alone / rate(base):.1f}x the article; two copies at "
         f"once: {' + '.join(f'{p:,.0f}' for p in pair)})"
     )

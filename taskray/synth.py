@@ -1,8 +1,9 @@
 """A deterministic synthetic TaskTrove corpus: every verifier family, other blob shapes, decoys and attacks.
 
 Same arguments, same bytes: tar/gzip headers carry fixed mtimes and owners, and all choices come from
-seeded RNGs (one per source, so large corpora are generated in parallel). The family of each task is in its `path` (`<family>/<n>`), which detection never reads, so
-tests can compare what was detected with what was generated.
+seeded RNGs (one per source, so large corpora are generated in parallel). The family of each task is in
+its `path` (`<family>/<n>`), which detection never reads, so tests can compare what was detected with
+what was generated.
 """
 
 from __future__ import annotations
@@ -360,8 +361,10 @@ def synth_corpus(
     families: list[str] | None = None,
     row_group_size: int = 2000,
     profile: str = "all",
+    parallel_from: int = 20_000,
 ) -> list[Path]:
-    """Write `sources` folders `synth__source-<i>/tasks.parquet` holding `tasks` rows in all."""
+    """Write `sources` folders `synth__source-<i>/tasks.parquet` holding `tasks` rows in all; from
+    `parallel_from` tasks on, one process per source (the bytes are the same either way)."""
     families = [f for f in families or EXPECTED_KIND if PROFILES[profile][f] > 0]
     weights = [PROFILES[profile][f] for f in families]
     jobs = [
@@ -376,10 +379,10 @@ def synth_corpus(
         )
         for s in range(sources)
     ]
-    if tasks < 20_000:  # small corpora (tests, the built-in sample): no process pool to start
+    if tasks < parallel_from:  # small corpora (tests, the built-in sample): no process pool to start
         return [_write_source(*job) for job in jobs]
     # Each source has its own RNG, so sources can be generated in parallel and stay deterministic
-    # (the benchmark's corpora take ~1 ms per task to make).
+    # (about 1 ms of CPU per task).
     with ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_write_source, *zip(*jobs)))
 

@@ -181,6 +181,16 @@ def test_hub_ids_map_to_hf_paths():
     )
 
 
+def test_synth_is_the_same_bytes_serial_or_in_parallel(tmp_path):
+    serial = synth_corpus(tmp_path / "serial", 300, sources=2, seed=5, profile="tasktrove")
+    parallel = synth_corpus(
+        tmp_path / "parallel", 300, sources=2, seed=5, profile="tasktrove", parallel_from=0
+    )
+    again = synth_corpus(tmp_path / "again", 300, sources=2, seed=6, profile="tasktrove")
+    assert [p.read_bytes() for p in serial] == [p.read_bytes() for p in parallel]
+    assert [p.read_bytes() for p in serial] != [p.read_bytes() for p in again]  # the seed matters
+
+
 def test_cli_reports_bad_input(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "taskray.cli", *a], capture_output=True, text=True)  # noqa: E731
     missing = run("scan", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
