@@ -190,9 +190,9 @@ def scan_piece(item: dict, out_url: str) -> dict:
 
 class PieceScanner:
     """A long-lived Ray Data worker. An actor pool rather than one Ray task per piece: each task paid a
-    worker lease and a scheduling round trip (0.1-0.4 s on a busy 2-core machine, a few percent of a
-    piece's 2-4 s of work, and all of it for the small pieces that end a shard), while an actor keeps its
-    imports warm and always has the next piece queued."""
+    worker lease and a scheduling round trip (0.1-0.4 s on a busy 2-core machine: a few percent of a full
+    piece's 2-4 s of work, most of a shard's small last piece), while an actor keeps its imports warm and
+    always has the next piece queued."""
 
     def __call__(self, item: dict, out_url: str) -> dict:
         return scan_piece(item, out_url)
