@@ -109,13 +109,14 @@ def child_hot_loop(corpus: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from taskray.scan import CATALOG_SCHEMA, scan_blobs
+    from taskray.scan import BATCH_ROWS, CATALOG_SCHEMA, scan_blobs
 
     table = pq.read_table(sorted(Path(corpus).rglob("tasks.parquet"))[0])
     paths, blobs = table.column(0).to_pylist(), table.column(1).to_pylist()
     start = time.perf_counter()
-    for i in range(0, len(blobs), 256):
-        pa.table(scan_blobs("s", "x", i, paths[i : i + 256], blobs[i : i + 256]), schema=CATALOG_SCHEMA)
+    for i in range(0, len(blobs), BATCH_ROWS):
+        batch = slice(i, i + BATCH_ROWS)  # the batches a scan's workers see
+        pa.table(scan_blobs("s", "x", i, paths[batch], blobs[batch]), schema=CATALOG_SCHEMA)
     return {"tasks": len(blobs), "seconds": time.perf_counter() - start}
 
 
