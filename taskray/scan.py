@@ -15,6 +15,7 @@ file and row range, so:
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import re
@@ -193,6 +194,12 @@ class PieceScanner:
     worker lease and a scheduling round trip (0.1-0.4 s on a busy 2-core machine: a few percent of a full
     piece's 2-4 s of work, most of a shard's small last piece), while an actor keeps its imports warm and
     always has the next piece queued."""
+
+    def __init__(self) -> None:
+        # The worker's heap is mostly Ray, Ray Data and pyarrow objects that live as long as it does, and
+        # the cyclic GC re-traversed them on every older-generation collection: freezing them cut GC
+        # time in a 2-CPU scan's actors from 6.6 to 1.2 us per task (gc.callbacks), about 7% of a task.
+        gc.freeze()
 
     def __call__(self, item: dict, out_url: str) -> dict:
         return scan_piece(item, out_url)
