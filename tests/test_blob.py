@@ -292,7 +292,8 @@ def _fields(parsed: ParsedBlob) -> dict:
 
 
 def _hostile_tars() -> list[tuple[bytes, Limits]]:
-    """Tars that are anything but plain, each of which the C walker must leave to Python."""
+    """Tars at and past the edge of "plain": the C walker must hand most of them to Python, and get the
+    others (a duplicate member, a folder written as a file, no end-of-archive marker) right itself."""
     sym = tarfile.TarInfo("./tests/link")
     sym.type, sym.linkname = tarfile.SYMTYPE, "/etc/passwd"
     folder = tarfile.TarInfo("./tests")
