@@ -37,7 +37,7 @@ from zlib_ng import zlib_ng  # drop-in zlib, 2.5x faster inflate: gunzip was a q
 
 try:
     from taskray import _tarwalk  # C walk of plain tars; built by `pip install` where a compiler is
-except ImportError:  # pragma: no cover - the Python walker below does everything, only slower
+except ImportError:  # the Python walker below does everything, only slower
     _tarwalk = None
 
 FORMATS = ("tar", "zip", "json", "jsonl", "text", "binary")

@@ -16,7 +16,7 @@ import zipfile
 import pytest
 
 from taskray import blob as blob_module
-from taskray.blob import FORMATS, Limits, ParsedBlob, decompress, parse_blob, safe_name, want_all
+from taskray.blob import FORMATS, Limits, ParsedBlob, parse_blob, safe_name, want_all
 from taskray.synth import EXPECTED_KIND, make_blob
 
 FILES = {"instruction.md": "Do it.\n", "task.toml": 'version = "1.0"\n', "tests/test.sh": "echo 1\n"}
@@ -333,19 +333,21 @@ def test_the_c_walker_gives_exactly_what_the_python_walker_gives(monkeypatch):
     rng = random.Random(5)
     cases = [(make_blob(family, n, rng), Limits()) for family in EXPECTED_KIND for n in range(5)]
     cases += _hostile_tars()
-    walked_in_c = 0
+    c_walker, walked_in_c = blob_module._tarwalk, []
+
+    class CountingWalker:  # the real C walker, noting each blob it took on itself
+        @staticmethod
+        def walk(*args):
+            plain = c_walker.walk(*args)
+            walked_in_c.append(plain is not None)
+            return plain
+
     for blob, limits in cases:
-        try:
-            buf, compression = decompress(blob)
-        except ValueError:  # a corrupt stream: nothing to walk
-            buf, compression = b"", "none"
-        if blob_module.looks_like_tar(buf):
-            plain = blob_module._tarwalk.walk(buf, limits.max_members, compression in ("none", "zstd"))
-            walked_in_c += plain is not None
         for want in (blob_module.wanted_for_detection, want_all):
-            fast = parse_blob(blob, want=want, limits=limits)
             with monkeypatch.context() as m:
+                m.setattr(blob_module, "_tarwalk", CountingWalker)
+                fast = parse_blob(blob, want=want, limits=limits)
                 m.setattr(blob_module, "_tarwalk", None)
                 slow = parse_blob(blob, want=want, limits=limits)
             assert _fields(fast) == _fields(slow), blob[:80]
-    assert walked_in_c >= len(EXPECTED_KIND) * 3, walked_in_c
+    assert sum(walked_in_c) >= 2 * len(EXPECTED_KIND) * 3, sum(walked_in_c)
