@@ -1,7 +1,7 @@
 """Scan throughput: the article's single-process loop vs `taskray scan` at 1 and 2 CPUs, in one run.
 
     python benchmarks/scan.py [--tasks 300000] [--rounds 2]
-    python benchmarks/scan.py --tasks 1850000   # TaskTrove's own size: ~10 min to generate, ~17 min a round
+    python benchmarks/scan.py --tasks 1850000   # TaskTrove's own size: ~10 min to generate, ~15 min a round
 
 Start-up (Ray Data's actors importing on 2 cores) is a fixed few seconds, so the smaller default corpus
 shows a lower ratio than a scan of the full corpus; the README reports both.
