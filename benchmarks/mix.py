@@ -34,7 +34,7 @@ def rss_mb() -> float:
 
 
 def build(rows: int, data: Path):
-    from taskray.mix import Entry
+    from taskray.mix.spec import Entry
     from taskray.tasks.gsm8k import GSM8K
     from taskray.tasks.spellingbee import SimpleSpelling, SpellingBee
 
@@ -48,8 +48,8 @@ def build(rows: int, data: Path):
 
 
 def child(method: str, rows: int, render: int, data: Path) -> dict:
-    from taskray.mix import make_row
-    from taskray.mixture import Component, MixtureIndex
+    from taskray.mix.split import make_row
+    from taskray.tasks.mixture import Component, MixtureIndex
 
     tasks, counts, entries = build(rows, data)
     base = rss_mb()

@@ -37,7 +37,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from taskray.detect import ARTICLE_JSON_KEYS, ARTICLE_NAME_TOKENS  # the article's rule, one definition
+from taskray.scan.detect import ARTICLE_JSON_KEYS, ARTICLE_NAME_TOKENS  # the article's rule, one definition
 
 ARTICLE_KEYS = set(ARTICLE_JSON_KEYS)
 
@@ -91,12 +91,12 @@ def child_article(corpus: str) -> dict:
 def child_taskray(corpus: str, cpus: int, out: str) -> dict:
     import ray.data  # noqa: F401  (imports are not timed, as for the article's `datasets`)
 
-    from taskray.raycluster import init_ray
-    from taskray.scan import scan
+    from taskray.core.raycluster import init_ray
+    from taskray.scan.job import scan
 
     init_ray(num_cpus=cpus)
     result = scan(corpus, out, report=False, log=lambda *_: None)
-    from taskray.report import read_catalog
+    from taskray.scan.catalog import read_catalog
 
     t = read_catalog(out, ["compressed_bytes", "has_verifier"])
     shutil.rmtree(out)
@@ -113,7 +113,8 @@ def child_hot_loop(corpus: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from taskray.scan import BATCH_ROWS, CATALOG_SCHEMA, scan_blobs
+    from taskray.scan.catalog import CATALOG_SCHEMA, scan_blobs
+    from taskray.scan.job import BATCH_ROWS
 
     table = pq.read_table(sorted(Path(corpus).rglob("tasks.parquet"))[0])
     paths, blobs = table.column(0).to_pylist(), table.column(1).to_pylist()
@@ -233,11 +234,11 @@ def rate(result: dict) -> float:
 
 
 def corpus_of(work: str, tasks: int) -> str:
-    from taskray.synth import SYNTH_VERSION
+    from taskray.scan.synth import SYNTH_VERSION
 
     corpus = Path(work) / f"tasktrove-like-{tasks}-v{SYNTH_VERSION}"
     if not (corpus / "done").exists():
-        from taskray.synth import synth_corpus
+        from taskray.scan.synth import synth_corpus
 
         print(f"generating {tasks:,} tasks into {corpus} ...", flush=True)
         synth_corpus(corpus, tasks, sources=8, seed=0, row_group_size=1000, profile="tasktrove")

@@ -6,12 +6,7 @@
 Under `ray job submit`, RAY_ADDRESS is set, so the job joins the cluster instead of starting Ray.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir holds the taskray package
-
-from taskray.cli import main  # noqa: E402
+from _command import run
 
 if __name__ == "__main__":
-    sys.exit(main(["scan", *sys.argv[1:]]))
+    run("scan")

@@ -43,7 +43,7 @@ def ray_local(s3):
     """A local 2-CPU Ray, started after the S3 settings exist so workers inherit them."""
     import ray
 
-    from taskray.raycluster import init_ray
+    from taskray.core.raycluster import init_ray
 
     init_ray(num_cpus=2)
     yield ray

@@ -91,7 +91,7 @@ class SeaweedS3:
         client = self.client()
         while True:
             try:
-                client.list_buckets()
+                self._round_trip(client)
                 return
             except Exception:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -99,6 +99,15 @@ class SeaweedS3:
                     tail = (self.data_dir / "weed.log").read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"SeaweedFS did not start:\n{tail}") from None
                 time.sleep(0.3)
+
+    @staticmethod
+    def _round_trip(client) -> None:
+        """Ready means objects can be written and read back: right after a restart, SeaweedFS lists
+        buckets before its volumes are loaded, and GetObject answers InternalError for a while."""
+        if "ready-probe" not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+            client.create_bucket(Bucket="ready-probe")
+        client.put_object(Bucket="ready-probe", Key="probe", Body=b"ok")
+        assert client.get_object(Bucket="ready-probe", Key="probe")["Body"].read() == b"ok"
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -15,9 +15,9 @@ import zipfile
 
 import pytest
 
-from taskray import blob as blob_module
-from taskray.blob import FORMATS, Limits, ParsedBlob, parse_blob, safe_name, want_all
-from taskray.synth import EXPECTED_KIND, make_blob
+from taskray.scan import blob as blob_module
+from taskray.scan.blob import FORMATS, BlobLimits, ParsedBlob, parse_blob, safe_name, want_all
+from taskray.scan.synth import EXPECTED_KIND, make_blob
 
 FILES = {"instruction.md": "Do it.\n", "task.toml": 'version = "1.0"\n', "tests/test.sh": "echo 1\n"}
 
@@ -106,7 +106,7 @@ def test_json_jsonl_text_binary():
 
 
 def test_gzip_bomb_is_an_error_row_with_bounded_memory():
-    limits = Limits(max_raw_bytes=8 * 1024 * 1024)
+    limits = BlobLimits(max_raw_bytes=8 * 1024 * 1024)
     bomb = gzip.compress(b"\0" * (200 * 1024 * 1024), 9)  # 200 MiB behind ~200 KB
     tracemalloc.start()
     parsed = parse_blob(bomb, limits=limits)
@@ -117,7 +117,7 @@ def test_gzip_bomb_is_an_error_row_with_bounded_memory():
 
 
 def test_zip_bomb_by_declared_size_and_by_member_count():
-    limits = Limits(max_raw_bytes=4 * 1024 * 1024, max_members=100)
+    limits = BlobLimits(max_raw_bytes=4 * 1024 * 1024, max_members=100)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("big.bin", b"\0" * (8 * 1024 * 1024))
@@ -129,7 +129,7 @@ def test_zip_bomb_by_declared_size_and_by_member_count():
 
 
 def test_zip_member_lying_about_its_size_is_caught():
-    limits = Limits(max_kept_bytes=1000)
+    limits = BlobLimits(max_kept_bytes=1000)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr("task.toml", b"a" * 5000)
@@ -291,7 +291,7 @@ def _fields(parsed: ParsedBlob) -> dict:
     return fields
 
 
-def _hostile_tars() -> list[tuple[bytes, Limits]]:
+def _hostile_tars() -> list[tuple[bytes, BlobLimits]]:
     """Tars at and past the edge of "plain": the C walker must hand most of them to Python, and get the
     others (a duplicate member, a folder written as a file, no end-of-archive marker) right itself."""
     sym = tarfile.TarInfo("./tests/link")
@@ -320,7 +320,7 @@ def _hostile_tars() -> list[tuple[bytes, Limits]]:
         raw = bytearray(make_tar(FILES))
         raw[rng.randrange(512)] ^= 1 << rng.randrange(8)
         tars.append(bytes(raw))
-    cases = [(t, Limits()) for t in tars] + [(make_tar(FILES), Limits(max_members=2))]
+    cases = [(t, BlobLimits()) for t in tars] + [(make_tar(FILES), BlobLimits(max_members=2))]
     return cases + [(gzip.compress(t), limits) for t, limits in cases]
 
 
@@ -331,7 +331,7 @@ def test_the_c_walker_gives_exactly_what_the_python_walker_gives(monkeypatch):
     if blob_module._tarwalk is None:
         pytest.skip("taskray._tarwalk is not built here")
     rng = random.Random(5)
-    cases = [(make_blob(family, n, rng), Limits()) for family in EXPECTED_KIND for n in range(5)]
+    cases = [(make_blob(family, n, rng), BlobLimits()) for family in EXPECTED_KIND for n in range(5)]
     cases += _hostile_tars()
     c_walker, walked_in_c = blob_module._tarwalk, []
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from taskray.blob import parse_blob
-from taskray.detect import ARTICLE_JSON_KEYS, article_name_hits, detect
-from taskray.synth import EXPECTED_KIND, make_blob
+from taskray.scan.blob import parse_blob
+from taskray.scan.detect import ARTICLE_JSON_KEYS, article_name_hits, detect
+from taskray.scan.synth import EXPECTED_KIND, make_blob
 
 
 def pack_folder(folder: Path) -> bytes:
@@ -205,7 +205,7 @@ def test_superset_of_article_on_a_corpus():
     ],
 )
 def test_malformed_task_toml_leaves_fields_empty_never_crashes(toml):
-    from taskray.scan import CATALOG_SCHEMA, scan_blobs
+    from taskray.scan.catalog import CATALOG_SCHEMA, scan_blobs
 
     blob = tar_of({**HARBOR_BASE, "task.toml": toml, "tests/test.sh": "echo 1 > /logs/verifier/reward.txt\n"})
     det = detect(parse_blob(blob))

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from taskray.cli import main
-from taskray.evaluate import metrics
-from taskray.storage import Store
+from taskray.core.storage import Store
+from taskray.evaluate.job import metrics
 
 
 @pytest.fixture(scope="module")

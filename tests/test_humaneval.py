@@ -1,4 +1,4 @@
-"""HumanEval loading, program assembly and pass@k: pure functions, plus check_completion in the sandbox."""
+"""HumanEval loading, program assembly and pass@k: pure functions (the sandboxed run is in test_tasks)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from itertools import combinations
 
 import pytest
 
-from taskray.humaneval import (
+from taskray.evaluate.humaneval import (
     build_program,
     canonical_completion,
-    check_completion,
     extract_code,
     extract_imports,
     load_problems,
@@ -45,7 +44,7 @@ def test_bad_problem_files_are_named_with_the_line(tmp_path):
         load_problems(f"humaneval:{bad_json}")
     with pytest.raises(ValueError, match="expected `humaneval`"):
         load_problems("no/such/file.jsonl")
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(ValueError, match="no such file"):  # BadInput is a ValueError
         load_problems("humaneval:no/such/file.jsonl")
     not_gzip = tmp_path / "x.jsonl.gz"
     not_gzip.write_text("plain")
@@ -122,12 +121,3 @@ def test_pass_at_k_large_n_and_bad_input():
     table = pass_at_k_table({"a": (10, 1), "b": (12, 12)})
     assert set(table) == {"pass@1", "pass@10"}  # no pass@100 with 10 samples per task
     assert table["pass@1"] == pytest.approx((0.1 + 1.0) / 2)
-
-
-def test_check_completion_runs_in_the_sandbox(problems):
-    p = problems[0]
-    assert check_completion(p, canonical_completion(p)) is True
-    assert check_completion(p, "def has_close_elements(numbers, threshold):\n    return True\n") is False
-    # exit-code forgery is a failure here too
-    forged = "import sys\nsys.exit(0)\ndef has_close_elements(n, t):\n    return 1"
-    assert check_completion(p, forged) is False

@@ -5,14 +5,16 @@ from __future__ import annotations
 import gc
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from taskray.mix import build_split, make_row, render_rows, rows_per_shard
-from taskray.mixspec import Entry, SpecError, parse_spec
-from taskray.mixture import Component, MixtureIndex, counts_for_proportions, counts_for_weights, permute
+from taskray.mix.job import rows_per_shard
+from taskray.mix.spec import Entry, SpecError, parse_spec
+from taskray.mix.split import build_split, make_row, render_rows
 from taskray.tasks.gsm8k import GSM8K
+from taskray.tasks.mixture import Component, MixtureIndex, counts_for_proportions, counts_for_weights, permute
 from taskray.tasks.spellingbee import SimpleSpelling, SpellingBee
 
 
@@ -253,7 +255,7 @@ def test_spec_proportions_with_stopping_rules():
 
 
 def test_shards_come_close_to_the_target_size():
-    from taskray.mix import parquet_bytes
+    from taskray.mix.split import parquet_bytes
 
     bees = [{"task": "spellingbee", "args": {"size": 5000}}]
     spec = parse_spec({"shard_size_mb": 0.1, "splits": {"train": bees}})
@@ -261,3 +263,21 @@ def test_shards_come_close_to_the_target_size():
     per_shard = rows_per_shard(plan, spec)
     size = len(parquet_bytes(render_rows(plan, 0, per_shard)))
     assert 0.5 < size / (0.1 * 2**20) < 1.5, (per_shard, size)
+
+
+def test_the_example_spec_builds_from_the_shipped_excerpts():
+    from taskray.mix.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "mix.yaml")
+    train = build_split("train", spec.splits["train"], spec.seed)
+    assert train.rows_per_task() == {
+        "arc-easy": 200,
+        "arc-challenge": 400,
+        "gsm8k": 150,
+        "spellingbee": 300,
+        "customjson": 30,
+    }
+    evals = build_split("eval", spec.splits["eval"], spec.seed)
+    assert evals.rows_per_task() == {"gsm8k": 50, "humaneval": 20}
+    row = make_row(evals.tasks[0], evals.entries[0], 0, 0)
+    assert len(row["prompt"]) == 1 + 2 * 2  # two solved examples, then the question

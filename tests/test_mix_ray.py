@@ -19,8 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from taskray.mix import MixError, build_split, mix, render_rows
-from taskray.mixspec import load_spec
+from taskray.errors import BadInput
+from taskray.mix.job import mix
+from taskray.mix.spec import load_spec
+from taskray.mix.split import build_split, render_rows
 
 
 def taskray_mix(spec: Path, out: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -140,14 +142,14 @@ def test_same_shards_at_one_and_two_cpus_and_resume(tmp_path, shared_data, ray_l
     capsys.readouterr()
     assert mix(load_spec(spec), str(one)) == manifest
     assert "nothing to do" in capsys.readouterr().err
-    with pytest.raises(MixError, match="already holds a different export"):
+    with pytest.raises(BadInput, match="already holds a different export"):
         mix(load_spec(spec, seed=1), str(one))
 
     # a crash: shards and receipts partly gone, no manifest. The rerun redoes only what is missing.
     (one / "manifest.json").unlink()
     for name in sorted(hashes)[:2]:
         (one / "data" / name).unlink()
-        (one / "_progress" / f"{name}.json").unlink()
+        (one / "_progress" / f"data__{name}.json").unlink()  # the runner's receipt of that shard
     mix(load_spec(spec), str(one))
     assert "2 to go" in capsys.readouterr().err
     assert shard_hashes(one) == hashes
@@ -197,8 +199,9 @@ def test_s3_export_survives_an_outage(s3, bucket, tmp_path, shared_data, ray_loc
         "--multipart-mb",
         "0.01",
     ]
-    # botocore's own retries would wait out a short outage; give up quickly so the job really fails
-    env = {**os.environ, "AWS_MAX_ATTEMPTS": "2"}
+    # storage calls wait out a short outage (TASKRAY_STORAGE_RETRY_SECONDS, default 120 s); give up
+    # quickly here so the job really fails while the server is down
+    env = {**os.environ, "AWS_MAX_ATTEMPTS": "2", "TASKRAY_STORAGE_RETRY_SECONDS": "3"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while not keys("_progress/") and time.monotonic() < deadline and proc.poll() is None:

@@ -13,7 +13,8 @@ import uuid
 import psutil
 import pytest
 
-from taskray.sandbox.client import LABEL, SESSION_LABEL, InfraError, Limits, Sandbox, docker_client, run_once
+from taskray.sandbox.client import ContainerLimits, InfraError, Sandbox, run_once
+from taskray.sandbox.daemon import LABEL, SESSION_LABEL, SandboxUnavailable, docker_client
 from taskray.sandbox.pool import SandboxPool
 
 
@@ -41,7 +42,7 @@ def host_processes_with(marker: str) -> list:
 
 
 def test_container_has_every_isolation_setting(client):
-    box = Sandbox(client, Limits(memory_mb=256, pids=32, cpus=0.5, tmpfs_mb=8))
+    box = Sandbox(client, ContainerLimits(memory_mb=256, pids=32, cpus=0.5, tmpfs_mb=8))
     try:
         hc = client.api.inspect_container(box.container.id)["HostConfig"]
         cfg = client.api.inspect_container(box.container.id)["Config"]
@@ -344,7 +345,8 @@ def test_fresh_container_mode_uses_one_container_per_job(client):
 def test_gc_removes_containers_of_a_crashed_owner(client):
     session = uuid.uuid4().hex[:8]
     code = (
-        "from taskray.sandbox.client import Sandbox, docker_client; import os, sys\n"
+        "import os\nfrom taskray.sandbox.client import Sandbox\n"
+        "from taskray.sandbox.daemon import docker_client\n"
         f"b = Sandbox(docker_client(), session='{session}')\nprint('up', flush=True)\nos._exit(0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -365,5 +367,5 @@ def test_build_is_a_fast_no_op_when_up_to_date_and_doctor_is_happy():
 
 
 def test_pool_refuses_a_missing_image(client):
-    with pytest.raises(RuntimeError, match="taskray sandbox build"):
+    with pytest.raises(SandboxUnavailable, match="taskray sandbox build"):
         SandboxPool(size=1, client=client, image=f"taskray-sandbox:missing-{os.getpid()}")

@@ -14,13 +14,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from taskray.catalog import Catalog, read_tasks
-from taskray.export import export, select
-from taskray.report import read_catalog
-from taskray.scan import CATALOG_SCHEMA, scan, scan_blobs
-from taskray.sources import list_shards
-from taskray.storage import Store
-from taskray.synth import EXPECTED_KIND, family_of, synth_corpus
+from taskray.core.storage import Store
+from taskray.errors import BadInput
+from taskray.scan import CATALOG_SCHEMA, Catalog, read_catalog, read_tasks, scan, scan_blobs, select
+from taskray.scan.export import export
+from taskray.scan.sources import list_shards
+from taskray.scan.synth import EXPECTED_KIND, family_of, synth_corpus
 
 
 def upload_folder(s3, local: Path, bucket: str, prefix: str) -> str:
@@ -133,19 +132,19 @@ def test_kill_half_way_then_resume_equals_clean_run(ray_local, corpus, tmp_path)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 180
     try:
-        while len(list((crashed / "catalog").rglob("*.parquet"))) < 3:
+        while len(list((crashed / "_progress").glob("*.json"))) < 3:  # pieces stored and recorded
             assert proc.poll() is None, "the scan finished before it could be killed"
             assert time.monotonic() < deadline, "the scan made no progress"
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    finished = len(list((crashed / "catalog").rglob("*.parquet")))
+    finished = len(list((crashed / "_progress").glob("*.json")))
     assert 3 <= finished < 12, finished
     assert not (crashed / "summary.json").exists()
 
     resumed = scan(str(corpus), str(crashed), rows_per_piece=100)
-    assert resumed.skipped_pieces >= 3 and resumed.pieces == 12
+    assert resumed.skipped_pieces == finished and resumed.pieces == 12
     assert catalog_rows(str(crashed)) == catalog_rows(str(clean))
     assert read_catalog(str(crashed)).num_rows == 1200
     assert not list(crashed.glob(".tmp-*"))
@@ -155,7 +154,7 @@ def test_rerun_with_other_inputs_is_refused(ray_local, corpus, tmp_path):
     out = str(tmp_path / "out")
     scan(str(corpus), out, limit=150, rows_per_piece=100, report=False)
     assert read_catalog(out).num_rows == 150
-    with pytest.raises(SystemExit, match="different inputs"):
+    with pytest.raises(BadInput, match="different inputs"):
         scan(str(corpus), out, limit=300, rows_per_piece=100)
     assert read_catalog(out).num_rows == 150  # nothing written was lost
 
@@ -171,7 +170,7 @@ def test_source_filter_and_bad_sources(ray_local, corpus, tmp_path):
 
 
 def test_hub_ids_map_to_hf_paths():
-    from taskray.sources import normalise_source
+    from taskray.scan.sources import normalise_source
 
     assert normalise_source("open-thoughts/TaskTrove") == "hf://datasets/open-thoughts/TaskTrove"
     assert normalise_source("open-thoughts/TaskTrove@refs/convert/parquet").startswith("hf://datasets/")

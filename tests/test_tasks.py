@@ -231,6 +231,11 @@ def test_humaneval_evaluate_runs_in_the_sandbox(shared_data):
     ex = find(task, "def has_close_elements(")
     assert task.evaluate(ex, ex["messages"][1]["content"]) is True
     assert task.evaluate(ex, "def has_close_elements(numbers, threshold):\n    return False\n") is False
+    # exit-code forgery is a failure here too
+    assert task.evaluate(ex, "import sys\nsys.exit(0)\ndef has_close_elements(n, t):\n    return 1") is False
+    pool = task._pool
+    task.close()
+    assert task._pool is None and pool.containers() == []
 
 
 # -- SmolTalk (no local copy: a small file in the Hub's schema) ------------------------------------------

@@ -9,8 +9,8 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from taskray.mix import make_row
-from taskray.mixspec import Entry
+from taskray.mix.spec import Entry
+from taskray.mix.split import make_row
 from taskray.tasks.tasktrove import TaskTrove
 
 
@@ -54,7 +54,7 @@ def test_tasktrove_folder_gives_instructions_and_metadata(shared_data, tmp_path)
 
 
 def test_legacy_task_yaml_that_is_not_a_mapping_gives_no_instruction(tmp_path):
-    from taskray.catalog import read_tasks
+    from taskray.scan.catalog import read_tasks
 
     def blob(task_yaml: str) -> bytes:
         buf = io.BytesIO()

@@ -7,7 +7,7 @@ import os
 import shutil
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def sandbox_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     b = sub.add_parser("build", help="build the sandbox image (offline via debootstrap when no registry)")
     b.add_argument(
@@ -22,14 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--all", action="store_true", help="remove every taskray container, even live owners'")
 
 
-def run(args) -> int:
+def run_sandbox(args: argparse.Namespace) -> int:
     if args.action == "build":
         from taskray.sandbox.image import build
 
         build(mode=args.mode, force=args.force)
         return 0
     if args.action == "gc":
-        from taskray.sandbox.client import docker_client, gc
+        from taskray.sandbox.daemon import docker_client, gc
         from taskray.sandbox.image import prune_old_images
 
         client = docker_client()
@@ -65,19 +65,20 @@ def doctor() -> int:
     if os.path.exists(sock) and not os.access(sock, os.R_OK | os.W_OK):
         report(False, f"permission to use {sock}", "run as root or add this user to the docker group")
         return 1
-    from taskray.sandbox.client import Limits, Sandbox, docker_client, leaked_containers
+    from taskray.sandbox.client import ContainerLimits, Sandbox
+    from taskray.sandbox.daemon import SandboxUnavailable, docker_client, image_name, leaked_containers
 
     try:
         client = docker_client(timeout=30)
-    except RuntimeError as e:
+    except SandboxUnavailable as e:
         report(False, "Docker daemon", str(e))
         return 1
     v = client.version()
     report(True, f"Docker daemon {v.get('Version')} (API {v.get('ApiVersion')})")
-    from taskray.sandbox.image import IMAGE, OFFLINE_BASE, REGISTRY_BASE, _have, image_state
+    from taskray.sandbox.image import OFFLINE_BASE, REGISTRY_BASE, _have, image_state
 
     state = image_state(client)
-    report(state == "ok", f"sandbox image {IMAGE}: {state}", "run `taskray sandbox build`")
+    report(state == "ok", f"sandbox image {image_name()}: {state}", "run `taskray sandbox build`")
     if state != "ok" and not (_have(client, REGISTRY_BASE) or _have(client, OFFLINE_BASE)):
         report(
             shutil.which("debootstrap") is not None,
@@ -89,7 +90,7 @@ def doctor() -> int:
     report(not leaked, f"leaked sandbox containers: {len(leaked)}", "run `taskray sandbox gc`")
     if state == "ok":
         try:
-            box = Sandbox(client, Limits())
+            box = Sandbox(client, ContainerLimits())
             try:
                 r = box.run(SMOKE_TEST)
             finally:
@@ -103,3 +104,6 @@ def doctor() -> int:
             report(False, "smoke test in a container", str(e))
     print("sandbox ready" if ok else "sandbox NOT ready")
     return 0 if ok else 1
+
+
+COMMANDS = {"sandbox": (sandbox_arguments, run_sandbox)}

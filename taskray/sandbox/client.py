@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import secrets
-import socket
 import struct
 import time
 from dataclasses import asdict, dataclass
 
-from taskray.sandbox.image import IMAGE
+from taskray.sandbox.daemon import (
+    LABEL,
+    OWNER_LABEL,
+    SESSION_LABEL,
+    docker_client,
+    image_name,
+    owner_id,
+)
 
 STATUSES = ("passed", "failed", "timeout", "oom", "error", "infra_error")
 SANDBOX_UID = 10001  # the image's non-root user (sandbox/Dockerfile)
-LABEL = "taskray"
-OWNER_LABEL = "taskray.owner"
-SESSION_LABEL = "taskray.session"
 START_TIMEOUT = 60.0  # a cold container answers in well under a second; a loaded daemon may need more
 GRACE = 3.0  # beyond the job's own timeout, before the host kills the container from outside
 
@@ -33,7 +35,7 @@ class InfraError(RuntimeError):
 
 
 @dataclass
-class Limits:
+class ContainerLimits:
     """Per-container resource limits. Memory has swap off (memswap == memory)."""
 
     memory_mb: int = 512
@@ -64,44 +66,7 @@ class Result:
         return asdict(self)
 
 
-def docker_client(timeout: int = 120):
-    """A docker SDK client, or a RuntimeError that says what is wrong in words."""
-    import docker
-
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-        return client
-    except docker.errors.DockerException as e:
-        raise RuntimeError(
-            f"cannot reach the Docker daemon ({e}); start it (`bash scripts/start-dockerd.sh`) "
-            "and check that this user may use /var/run/docker.sock (root or the docker group)"
-        ) from e
-
-
-def process_start(pid: int) -> str | None:
-    """Start time of `pid` in clock ticks (tells a live owner from a reused pid), None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{process_start(os.getpid())}"
-
-
-def owner_alive(owner: str) -> bool:
-    """Whether the process named by an owner label still runs. Owners on other hosts count as alive."""
-    host, _, rest = owner.partition(":")
-    pid, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    return process_start(int(pid)) == start
-
-
-def container_settings(limits: Limits, session: str) -> dict:
+def container_settings(limits: ContainerLimits, session: str) -> dict:
     """Every isolation setting in one place (keyword arguments of `containers.create`)."""
     from docker.types import LogConfig
 
@@ -133,8 +98,11 @@ def container_settings(limits: Limits, session: str) -> dict:
 class Sandbox:
     """One running container with the runner as its main process; runs jobs one at a time."""
 
-    def __init__(self, client, limits: Limits | None = None, image: str = IMAGE, session: str = "adhoc"):
-        self.client, self.limits = client, limits or Limits()
+    def __init__(
+        self, client, limits: ContainerLimits | None = None, image: str | None = None, session: str = "adhoc"
+    ):
+        self.client, self.limits = client, limits or ContainerLimits()
+        image = image or image_name()
         self.usable = True  # False once the container must not see another job
         self.jobs = 0
         self._buf = bytearray()  # raw multiplexed bytes from the attach socket
@@ -306,40 +274,12 @@ class Sandbox:
             pass  # already gone; `taskray sandbox gc` catches anything else by label
 
 
-def run_once(sources: list[str] | str, timeout: float = 10.0, limits: Limits | None = None) -> Result:
+def run_once(
+    sources: list[str] | str, timeout: float = 10.0, limits: ContainerLimits | None = None
+) -> Result:
     """One job in a brand-new container (the `--fresh-container` path), removed afterwards."""
     box = Sandbox(docker_client(), limits)
     try:
         return box.run(sources, timeout)
     finally:
         box.destroy()
-
-
-def leaked_containers(client, include_live_owners: bool = False) -> list[str]:
-    """Ids of taskray containers whose owner process is gone (or of all of them, include_live_owners)."""
-    # One listing call with labels (no inspect per container): other pools remove containers meanwhile.
-    found = client.api.containers(all=True, filters={"label": f"{LABEL}=1"})
-    return [
-        c["Id"]
-        for c in found
-        if include_live_owners or not owner_alive((c.get("Labels") or {}).get(OWNER_LABEL, ""))
-    ]
-
-
-def gc(client=None, include_live_owners: bool = False) -> int:
-    """Remove leaked sandbox containers; returns how many."""
-    import docker
-
-    client = client or docker_client()
-    removed = 0
-    for cid in leaked_containers(client, include_live_owners):
-        try:
-            client.api.remove_container(cid, force=True)
-            removed += 1
-        except docker.errors.NotFound:
-            pass  # someone else removed it first
-    return removed
-
-
-def new_session() -> str:
-    return secrets.token_hex(4)

@@ -1,5 +1,8 @@
 """Building the sandbox image, with or without a container registry.
 
+The build context is the checkout's top-level `sandbox/` folder, which the wheel ships as the package
+`taskray.sandbox.context`, so a plain `pip install` can build the image too.
+
 With a registry the plain `sandbox/Dockerfile` builds on `python:3.11-slim`. These machines (and CI) have
 no registry, only a Debian package mirror, so the offline path makes the base image itself:
 `debootstrap --variant=minbase --include=python3 bookworm` into a folder, `docker import` it, then the same
@@ -16,14 +19,16 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 
-IMAGE = "taskray-sandbox:latest"
+from taskray.errors import BadInput
+from taskray.sandbox.daemon import SandboxUnavailable, docker_client, image_name
+
 REGISTRY_BASE = "python:3.11-slim"
 OFFLINE_BASE = "taskray-sandbox-base:bookworm"
 HASH_LABEL = "taskray.sandbox.hash"
 DEBIAN_MIRROR = os.environ.get("TASKRAY_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-SANDBOX_DIR = Path(__file__).resolve().parents[2] / "sandbox"
 BUILD_FILES = ("Dockerfile", "runner.py")
 
 Log = Callable[[str], None]
@@ -33,29 +38,29 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def sandbox_dir() -> Path:
-    missing = [f for f in BUILD_FILES if not (SANDBOX_DIR / f).is_file()]
+def build_files() -> dict[str, bytes]:
+    """The build context's files, from the installed package (a wheel or a checkout alike)."""
+    context = resources.files("taskray.sandbox.context")
+    missing = [f for f in BUILD_FILES if not context.joinpath(f).is_file()]
     if missing:
-        raise FileNotFoundError(
-            f"{SANDBOX_DIR}: missing {', '.join(missing)}; build the image from a taskray source checkout"
-        )
-    return SANDBOX_DIR
+        raise SandboxUnavailable(f"{context}: missing {', '.join(missing)}; reinstall taskray")
+    return {name: context.joinpath(name).read_bytes() for name in BUILD_FILES}
 
 
 def content_hash() -> str:
     """What the image must have been built from: the Dockerfile and the runner, byte for byte."""
     h = hashlib.sha256()
-    for name in BUILD_FILES:
-        h.update(name.encode() + b"\0" + (sandbox_dir() / name).read_bytes() + b"\0")
+    for name, data in build_files().items():
+        h.update(name.encode() + b"\0" + data + b"\0")
     return h.hexdigest()[:16]
 
 
-def image_state(client, image: str = IMAGE) -> str:
+def image_state(client, image: str | None = None) -> str:
     """'ok' when `image` exists and matches this checkout, else 'missing' or 'stale'."""
     import docker
 
     try:
-        labels = client.images.get(image).labels or {}
+        labels = client.images.get(image or image_name()).labels or {}
     except docker.errors.ImageNotFound:
         return "missing"
     return "ok" if labels.get(HASH_LABEL) == content_hash() else "stale"
@@ -91,9 +96,11 @@ def build_offline_base(client, log: Log = _log, force: bool = False) -> str:
     if _have(client, OFFLINE_BASE) and not force:
         return OFFLINE_BASE
     if shutil.which("debootstrap") is None:
-        raise RuntimeError("debootstrap is not installed: apt-get install -y debootstrap (needed offline)")
+        raise SandboxUnavailable(
+            "debootstrap is not installed: apt-get install -y debootstrap (needed offline)"
+        )
     if os.geteuid() != 0:
-        raise RuntimeError(
+        raise SandboxUnavailable(
             "the offline base image needs root for debootstrap: run `taskray sandbox build` "
             "as root once, or make a registry reachable"
         )
@@ -103,7 +110,7 @@ def build_offline_base(client, log: Log = _log, force: bool = False) -> str:
         cmd = ["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(root), DEBIAN_MIRROR]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"debootstrap failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+            raise SandboxUnavailable(f"debootstrap failed (exit {proc.returncode}): {proc.stdout[-500:]}")
         # Package caches, docs and man pages are dead weight in a sandbox.
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
             shutil.rmtree(root / junk, ignore_errors=True)
@@ -116,25 +123,35 @@ def build_offline_base(client, log: Log = _log, force: bool = False) -> str:
 
 
 def build(mode: str = "auto", force: bool = False, log: Log = _log, client=None) -> str:
-    """Build IMAGE unless it already matches this checkout. mode: auto | registry | offline."""
-    from taskray.sandbox.client import docker_client
-
+    """Build the sandbox image unless it already matches this install. mode: auto | registry | offline."""
     if mode not in ("auto", "registry", "offline"):
-        raise ValueError(f"--mode {mode!r}: expected auto, registry or offline")
+        raise BadInput(f"--mode {mode!r}: expected auto, registry or offline")
     client = client or docker_client()
+    image = image_name()
     digest = content_hash()
     if not force and image_state(client) == "ok":
-        log(f"{IMAGE} is up to date ({digest})")
-        return IMAGE
+        log(f"{image} is up to date ({digest})")
+        return image
     base = None if mode == "offline" else _registry_base(client, log)
     if base is None:
         if mode == "registry":
-            raise RuntimeError(f"cannot get {REGISTRY_BASE} from a registry; try --mode offline")
+            raise SandboxUnavailable(f"cannot get {REGISTRY_BASE} from a registry; try --mode offline")
         base = build_offline_base(client, log, force=force)
-    log(f"building {IMAGE} on {base} ...")
+    log(f"building {image} on {base} ...")
+    with tempfile.TemporaryDirectory(prefix="taskray-context-") as context:
+        for name, data in build_files().items():  # exactly the hashed files, nothing else
+            Path(context, name).write_bytes(data)
+        _docker_build(client, context, image, base, digest, log)
+    if image_state(client) != "ok":
+        raise SandboxUnavailable(f"docker build finished but {image} does not carry hash {digest}")
+    log(f"built {image} ({digest}); superseded images removed: {prune_old_images(client)} MB")
+    return image
+
+
+def _docker_build(client, context: str, image: str, base: str, digest: str, log: Log) -> None:
     for chunk in client.api.build(
-        path=str(sandbox_dir()),
-        tag=IMAGE,
+        path=context,
+        tag=image,
         buildargs={"BASE": base},
         labels={HASH_LABEL: digest},
         rm=True,
@@ -143,14 +160,10 @@ def build(mode: str = "auto", force: bool = False, log: Log = _log, client=None)
         decode=True,
     ):
         if "error" in chunk:
-            raise RuntimeError(f"docker build failed: {chunk['error'].strip()}")
+            raise SandboxUnavailable(f"docker build failed: {chunk['error'].strip()}")
         line = chunk.get("stream", "").strip()
         if line:
             log(f"  {line}")
-    if image_state(client) != "ok":
-        raise RuntimeError(f"docker build finished but {IMAGE} does not carry hash {digest}")
-    log(f"built {IMAGE} ({digest}); superseded images removed: {prune_old_images(client)} MB")
-    return IMAGE
 
 
 def prune_old_images(client) -> int:

@@ -14,8 +14,9 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from taskray.sandbox.client import InfraError, Limits, Result, Sandbox, docker_client, gc, new_session
-from taskray.sandbox.image import IMAGE, image_state
+from taskray.sandbox.client import ContainerLimits, InfraError, Result, Sandbox
+from taskray.sandbox.daemon import SandboxUnavailable, docker_client, gc, image_name, new_session
+from taskray.sandbox.image import image_state
 
 WAIT_FOR_CONTAINER = 180.0  # seconds to wait for an idle container before calling it an infra failure
 
@@ -26,8 +27,8 @@ class SandboxPool:
     def __init__(
         self,
         size: int = 2,
-        limits: Limits | None = None,
-        image: str = IMAGE,
+        limits: ContainerLimits | None = None,
+        image: str | None = None,
         fresh: bool = False,
         retries: int = 2,
         client=None,
@@ -35,10 +36,11 @@ class SandboxPool:
         if size < 1:
             raise ValueError(f"pool size {size}: need at least one container")
         self.client = client or docker_client()
+        image = image or image_name()
         state = image_state(self.client, image)
         if state != "ok":
-            raise RuntimeError(f"sandbox image {image} is {state}: run `taskray sandbox build`")
-        self.size, self.limits, self.image = size, limits or Limits(), image
+            raise SandboxUnavailable(f"sandbox image {image} is {state}: run `taskray sandbox build`")
+        self.size, self.limits, self.image = size, limits or ContainerLimits(), image
         self.fresh, self.retries = fresh, retries
         self.session = new_session()
         self.leaked_removed = gc(self.client)  # containers left by owners that crashed

@@ -5,7 +5,7 @@ with `messages` (role + content, where an assistant's content may be a list of p
 calls) and any extra fields evaluation needs (`letters`, `subject`, `test`, ...).
 
 Tasks slice lazily (`Task(start, stop, step)`), and TaskMixture / TaskSequence combine them; unlike
-nanochat's, the mixture keeps no per-row list (see taskray/mixture.py), so it scales to 10^7 rows.
+nanochat's, the mixture keeps no per-row list (see taskray/tasks/mixture.py), so it scales to 10^7 rows.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from taskray.mixture import Component, MixtureIndex, counts_for_proportions, counts_for_weights
+from taskray.tasks.mixture import mixture_index
 
 logger = logging.getLogger(__name__)
 
@@ -106,15 +106,9 @@ class TaskMixture(Task):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if weights is not None and proportions is not None:
-            raise ValueError("give weights or proportions, not both")
         self.tasks = list(tasks)
         self.lengths = [len(t) for t in self.tasks]
-        if proportions is not None:
-            counts = counts_for_proportions(self.lengths, proportions, stopping)
-        else:
-            counts = counts_for_weights(self.lengths, weights or [1.0] * len(self.tasks))
-        self.index = MixtureIndex([Component(n, c) for n, c in zip(self.lengths, counts)], seed, shuffle)
+        self.index = mixture_index(self.lengths, seed, weights, proportions, stopping, shuffle)
         self.num_conversations = len(self.index)
 
     def num_examples(self) -> int:
@@ -137,6 +131,28 @@ class TaskSequence(TaskMixture):
 
     def __init__(self, tasks: Sequence[Task], **kwargs):
         super().__init__(tasks, shuffle=False, **kwargs)
+
+
+def check_conversation(messages: object, where: str, system_first: bool = False) -> list[dict]:
+    """A conversation as nanochat trains on it: (an optional system message if `system_first`, then)
+    >= 2 messages alternating user/assistant, each with string content. Errors name `where`."""
+    if not isinstance(messages, list):
+        raise ValueError(f"{where}: expected a JSON array of messages, got {type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"{where}: message {i} needs 'role' and 'content' fields")
+    rest = messages[1:] if system_first and messages and messages[0]["role"] == "system" else messages
+    if len(rest) < 2:
+        raise ValueError(
+            f"{where}: a conversation needs at least 2 messages besides a system one, got {len(rest)}"
+        )
+    for i, m in enumerate(rest):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            raise ValueError(f"{where}: message {i} has role {m['role']!r} but should be {expected!r}")
+        if not isinstance(m["content"], str):
+            raise ValueError(f"{where}: message {i} content must be a string")
+    return messages
 
 
 def render_mc(question: str, letters: Sequence[str], choices: Sequence[str]) -> str:

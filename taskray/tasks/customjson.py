@@ -9,23 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from taskray.tasks.common import Task, sha256_file
-
-
-def check_conversation(messages: object, where: str) -> list[dict]:
-    if not isinstance(messages, list):
-        raise ValueError(f"{where}: expected a JSON array of messages, got {type(messages).__name__}")
-    if len(messages) < 2:
-        raise ValueError(f"{where}: a conversation needs at least 2 messages, got {len(messages)}")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"{where}: message {i} needs 'role' and 'content' fields")
-        expected = "user" if i % 2 == 0 else "assistant"
-        if m["role"] != expected:
-            raise ValueError(f"{where}: message {i} has role {m['role']!r} but should be {expected!r}")
-        if not isinstance(m["content"], str):
-            raise ValueError(f"{where}: message {i} content must be a string")
-    return messages
+from taskray.tasks.common import Task, check_conversation, sha256_file
 
 
 class CustomJSON(Task):

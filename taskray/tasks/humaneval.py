@@ -2,14 +2,16 @@
 https://huggingface.co/datasets/openai/openai_humaneval
 
 Local file: the original `HumanEval.jsonl.gz` (the Hub's schema already). Grading runs the program in
-taskray's Docker sandbox (`taskray.humaneval.check_completion`), never on the host.
+taskray's Docker sandbox, never on the host: the task starts a small pool of containers on its first
+`evaluate` and removes them with `close()` (or at exit).
 """
 
 from __future__ import annotations
 
+import atexit
 from pathlib import Path
 
-from taskray import humaneval
+from taskray.evaluate import humaneval
 from taskray.tasks.common import DatasetTask, load_rows
 
 
@@ -42,13 +44,37 @@ class HumanEval(DatasetTask):
             "test": row["test"],
         }
 
-    def evaluate(self, conversation: dict, completion: str) -> bool:
+    def evaluate(self, conversation: dict, completion: str, timeout: float = 10.0) -> bool:
         """Run the completion against the problem's tests in the Docker sandbox. The completion may be
-        a chat answer (a ```python block or a whole function) or a continuation of the prompt."""
+        a chat answer (a ```python block or a whole function) or a continuation of the prompt.
+
+        Raises `taskray.sandbox.client.InfraError` when the sandbox itself fails (after retries), so an
+        infrastructure problem is never mistaken for a wrong answer."""
+        from taskray.sandbox.client import InfraError
+
         problem = {
             "task_id": conversation["task_id"],
             "prompt": conversation["messages"][0]["content"],
             "entry_point": conversation["entry_point"],
             "test": conversation["test"],
         }
-        return bool(humaneval.check_completion(problem, completion))
+        result = self._sandbox().run(humaneval.program_parts(problem, completion), timeout)
+        if result.status == "infra_error":
+            raise InfraError(
+                f"{problem['task_id']}: sandbox failed after {result.attempts} attempts: {result.detail}"
+            )
+        return result.passed
+
+    def _sandbox(self):
+        if getattr(self, "_pool", None) is None:
+            from taskray.sandbox.pool import SandboxPool
+
+            self._pool = SandboxPool(size=2)
+            atexit.register(self.close)
+        return self._pool
+
+    def close(self) -> None:
+        """Remove this task's sandbox containers (if `evaluate` started any)."""
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            pool.close()

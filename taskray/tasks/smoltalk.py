@@ -9,20 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from taskray.tasks.common import DatasetTask, load_rows
-
-
-def check_messages(messages: list, where: str) -> None:
-    """Optional system message, then >= 2 messages alternating user/assistant, all with string content."""
-    rest = messages[1:] if messages and messages[0].get("role") == "system" else messages
-    if len(rest) < 2:
-        raise ValueError(f"{where}: needs >= 2 messages besides the system one, got {len(rest)}")
-    for i, m in enumerate(rest):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if m.get("role") != expected:
-            raise ValueError(f"{where}: message {i} has role {m.get('role')!r} but should be {expected!r}")
-        if not isinstance(m.get("content"), str):
-            raise ValueError(f"{where}: message {i} content must be a string")
+from taskray.tasks.common import DatasetTask, check_conversation, load_rows
 
 
 class SmolTalk(DatasetTask):
@@ -52,5 +39,5 @@ class SmolTalk(DatasetTask):
 
     def get_example(self, index: int) -> dict:
         messages = self.ds[index]["messages"]
-        check_messages(messages, f"SmolTalk row {index}")
+        check_conversation(messages, f"SmolTalk row {index}", system_first=True)
         return {"messages": messages}

@@ -48,8 +48,8 @@ TEMPLATES = [
 
 @cache
 def load_words() -> tuple[str, ...]:
-    """The shipped word list (taskray/data/words.txt; see words.README.md for its source)."""
-    text = resources.files("taskray").joinpath("data/words.txt").read_text(encoding="utf-8")
+    """The shipped word list (taskray/tasks/data/words.txt; see words.README.md there)."""
+    text = resources.files("taskray.tasks").joinpath("data/words.txt").read_text(encoding="utf-8")
     return tuple(w for w in text.split() if w)
 
 

@@ -24,7 +24,7 @@ class TaskTrove(Task):
 
     def __init__(self, url: str, source_filter: str | None = None, verified_only: bool = True, **kwargs):
         super().__init__(**kwargs)
-        from taskray.catalog import read_tasks
+        from taskray.scan.catalog import read_tasks
 
         rows = []
         for task in read_tasks(url, verified_only=verified_only, source_filter=source_filter):

@@ -20,7 +20,7 @@ from typing import Any
 
 import rtoml
 
-from taskray.blob import ParsedBlob, parse_blob
+from taskray.scan.blob import ParsedBlob, parse_blob
 
 ARTICLE_NAME_TOKENS = ("verifier", "verify", "grader", "judge", "score", "eval")
 ARTICLE_JSON_KEYS = (

@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from taskray.errors import BadInput
+
 PATH_ARGS = ("path", "filepath", "url")
 TOP_KEYS = {
     "name",
@@ -46,7 +48,7 @@ ENTRY_KEYS = {"task", "name", "args", "repeat", "weight", "proportion", "slice",
 SPLIT_KEYS = {"mode", "stopping", "tasks"}
 
 
-class SpecError(ValueError):
+class SpecError(BadInput):
     """The spec is malformed; the message names the spec and the offending field."""
 
 

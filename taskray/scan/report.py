@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import html
 import io
-import json
 from collections import Counter
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 
-from taskray.storage import Store, arrow_filesystem
+from taskray.core.runner import mark_complete
+from taskray.core.storage import Store
+from taskray.scan.catalog import read_catalog
 
 SUMMARY_COLUMNS = [
     "source",
@@ -27,13 +27,6 @@ SUMMARY_COLUMNS = [
     "error",
     "has_oracle",
 ]
-
-
-def read_catalog(url: str, columns: list[str] | None = None) -> pa.Table:
-    """The catalog under a scan's DEST (`DEST/catalog`), or a catalog folder given directly."""
-    fs, root = arrow_filesystem(url)
-    base = root if root.rstrip("/").endswith("catalog") else f"{root.rstrip('/')}/catalog"
-    return pads.dataset(base, format="parquet", filesystem=fs).to_table(columns=columns)
 
 
 def _stats(t: dict[str, np.ndarray], mask: np.ndarray) -> dict:
@@ -174,5 +167,5 @@ def write_report(store: Store) -> dict:
     for name, data in images.items():
         store.write_bytes(f"plots/{name}", data)
     store.write_bytes("report.html", _html(summary, sorted(images)).encode())
-    store.write_bytes("summary.json", json.dumps(summary, indent=1).encode())
+    mark_complete(store, "summary.json", summary)
     return summary

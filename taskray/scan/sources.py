@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from taskray.storage import arrow_filesystem
+from taskray.core.storage import arrow_filesystem
 
 HUB_DATASET = "open-thoughts/TaskTrove"
 TASKTROVE_SCHEMA = pa.schema([("path", pa.string()), ("task_binary", pa.binary())])

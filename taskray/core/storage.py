@@ -8,25 +8,85 @@ is finished".
 S3 settings come from the standard AWS environment and config files (AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, ~/.aws/...), exactly as boto3 and pyarrow
 read them, so nothing taskray-specific needs configuring.
+
+Object stores answer 500 and 503 now and then (and right after a restart), and throttle with SlowDown: every
+S3 call is retried with backoff for up to `RETRY_SECONDS` before it becomes a `StorageError` that says
+how long it tried. Errors that retrying cannot fix (denied, no such bucket) fail at once.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow.fs as pafs
 
+from taskray.errors import BadInput, StorageError
+
 # boto3 switches to multipart above this size; parts are uploaded in parallel and retried one by one.
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
+RETRY_SECONDS = float(os.environ.get("TASKRAY_STORAGE_RETRY_SECONDS", "120"))
+# S3 error codes that a later attempt can succeed past; anything 5xx counts too.
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+}
+_PERMANENT_UPLOAD = re.compile(r"AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|NoSuchBucket")
+T = TypeVar("T")
 
 
-class StorageError(RuntimeError):
-    """The storage itself failed (unreachable, denied): an infrastructure problem, not bad data."""
+def _transient(err: BaseException) -> bool:
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    if isinstance(err, BotoConnectionError | HTTPClientError):
+        return True
+    if isinstance(err, ClientError):
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or status == 429 or err.response.get("Error", {}).get("Code") in _TRANSIENT_CODES
+    if isinstance(err, S3UploadFailedError):  # s3transfer wraps the cause in text only
+        return not _PERMANENT_UPLOAD.search(str(err))
+    return False
+
+
+def with_retries(what: str, call: Callable[[], T], seconds: float | None = None) -> T:
+    """`call()`, retried with jittered exponential backoff while it fails transiently, for up to `seconds`
+    (default RETRY_SECONDS). Gives up with a StorageError naming `what`, the attempts and the time."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    deadline = time.monotonic() + (RETRY_SECONDS if seconds is None else seconds)
+    started, attempt, delay = time.monotonic(), 0, 0.25
+    while True:
+        attempt += 1
+        try:
+            return call()
+        except Exception as err:
+            if not _transient(err):
+                if isinstance(err, BotoCoreError | ClientError | Boto3Error):
+                    raise StorageError(f"{what}: {err}") from err
+                raise
+            if time.monotonic() + delay > deadline:
+                raise StorageError(
+                    f"{what}: gave up after {attempt} attempts over {time.monotonic() - started:.0f}s: {err}"
+                ) from err
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 8.0)
 
 
 def is_s3(url: str) -> bool:
@@ -36,7 +96,7 @@ def is_s3(url: str) -> bool:
 def split_s3(url: str) -> tuple[str, str]:
     bucket, _, key = url.removeprefix("s3://").partition("/")
     if not bucket:
-        raise ValueError(f"{url!r}: an S3 URL needs a bucket, like s3://bucket/prefix")
+        raise BadInput(f"{url!r}: an S3 URL needs a bucket, like s3://bucket/prefix")
     return bucket, key.strip("/")
 
 
@@ -74,6 +134,8 @@ def arrow_filesystem(url: str) -> tuple[pafs.FileSystem, str]:
             endpoint_override=endpoint,
             scheme="http" if endpoint and endpoint.startswith("http://") else "https",
             region=region,
+            # the same patience as the boto3 calls: a restarting or throttling server is waited for
+            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=10),
         )
         bucket, key = split_s3(url)
         return fs, f"{bucket}/{key}".rstrip("/")
@@ -99,13 +161,17 @@ class Store:
             from botocore.exceptions import ClientError
 
             bucket, key = split_s3(self.path(rel))
-            try:
-                self._s3().head_object(Bucket=bucket, Key=key)
-                return True
-            except ClientError as e:
-                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                    return False
-                raise StorageError(f"cannot check {self.path(rel)}: {e}") from e
+
+            def head() -> bool:
+                try:
+                    self._s3().head_object(Bucket=bucket, Key=key)
+                    return True
+                except ClientError as e:
+                    if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                        return False
+                    raise
+
+            return with_retries(f"cannot check {self.path(rel)}", head)
         return Path(self.path(rel)).is_file()
 
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -113,15 +179,16 @@ class Store:
         if is_s3(self.url):
             bucket, root = split_s3(self.url)
             full = "/".join(p for p in (root, prefix.strip("/")) if p)
-            names = []
-            for page in (
-                self._s3()
-                .get_paginator("list_objects_v2")
-                .paginate(Bucket=bucket, Prefix=full + "/" if full else "")
-            ):
-                for obj in page.get("Contents", []):
-                    names.append(obj["Key"][len(root) + 1 if root else 0 :])
-            yield from sorted(names)
+
+            def listing() -> list[str]:
+                pages = self._s3().get_paginator("list_objects_v2")
+                return [
+                    obj["Key"][len(root) + 1 if root else 0 :]
+                    for page in pages.paginate(Bucket=bucket, Prefix=full + "/" if full else "")
+                    for obj in page.get("Contents", [])
+                ]
+
+            yield from sorted(with_retries(f"cannot list {self.path(prefix)}", listing))
             return
         base = Path(self.url)
         start = base / prefix if prefix else base
@@ -136,14 +203,20 @@ class Store:
     def read_bytes(self, rel: str) -> bytes:
         if is_s3(self.url):
             bucket, key = split_s3(self.path(rel))
-            return self._s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+            return with_retries(
+                f"cannot read {self.path(rel)}",
+                lambda: self._s3().get_object(Bucket=bucket, Key=key)["Body"].read(),
+            )
         return Path(self.path(rel)).read_bytes()
 
     # -- writing (atomic) ----------------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes) -> None:
         if is_s3(self.url):
             bucket, key = split_s3(self.path(rel))
-            self._s3().put_object(Bucket=bucket, Key=key, Body=data)
+            with_retries(
+                f"cannot write {self.path(rel)}",
+                lambda: self._s3().put_object(Bucket=bucket, Key=key, Body=data),
+            )
             return
         target = Path(self.path(rel))
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -164,8 +237,10 @@ class Store:
             from boto3.s3.transfer import TransferConfig
 
             bucket, key = split_s3(self.path(rel))
-            self._s3().upload_file(
-                str(local_path), bucket, key, Config=TransferConfig(multipart_threshold=multipart_threshold)
+            config = TransferConfig(multipart_threshold=multipart_threshold)
+            with_retries(
+                f"cannot upload {self.path(rel)}",
+                lambda: self._s3().upload_file(str(local_path), bucket, key, Config=config),
             )
             return
         target = Path(self.path(rel))
@@ -186,7 +261,9 @@ class Store:
     def delete(self, rel: str) -> None:
         if is_s3(self.url):
             bucket, key = split_s3(self.path(rel))
-            self._s3().delete_object(Bucket=bucket, Key=key)
+            with_retries(
+                f"cannot delete {self.path(rel)}", lambda: self._s3().delete_object(Bucket=bucket, Key=key)
+            )
             return
         Path(self.path(rel)).unlink(missing_ok=True)
 

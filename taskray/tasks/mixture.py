@@ -114,6 +114,25 @@ def counts_for_proportions(
     return counts
 
 
+def mixture_index(
+    lengths: Sequence[int],
+    seed: int | None = 0,
+    weights: Sequence[float] | None = None,
+    proportions: Sequence[float] | None = None,
+    stopping: str = "first_exhausted",
+    shuffle: bool = True,
+) -> MixtureIndex:
+    """Weights (default 1 each) or proportions -> rows per task -> the index: the one place a mixture
+    is counted and laid out, for TaskMixture and the mix export alike."""
+    if weights is not None and proportions is not None:
+        raise ValueError("give weights or proportions, not both")
+    if proportions is not None:
+        counts = counts_for_proportions(lengths, proportions, stopping)
+    else:
+        counts = counts_for_weights(lengths, [1.0] * len(lengths) if weights is None else weights)
+    return MixtureIndex([Component(n, c) for n, c in zip(lengths, counts)], seed, shuffle)
+
+
 class MixtureIndex:
     """Maps positions of a mixture to (component, row in that component's task), vectorised."""
 

@@ -4,7 +4,7 @@ A blob is normally a gzip'd tar of one Harbor task folder, but corpora of this k
 and JSONL rows, plain text and junk, so every shape is classified rather than assumed. Parsing is a pure
 function of the bytes and safe by construction:
 
-- Decompression is capped (`Limits.max_raw_bytes`) and members are counted (`Limits.max_members`), so a
+- Decompression is capped (`BlobLimits.max_raw_bytes`) and members are counted (`max_members`), so a
   gzip or zip bomb becomes an error row, never an out-of-memory worker.
 - Nothing is written anywhere here. Member names with `..` or an absolute path are dropped (and counted
   in `skipped`), as are links, devices and fifos; `safe_name` is what the exporter relies on too.
@@ -36,7 +36,7 @@ from typing import Any
 from zlib_ng import zlib_ng  # drop-in zlib, 2.5x faster inflate: gunzip was a quarter of scan CPU
 
 try:
-    from taskray import _tarwalk  # C walk of plain tars; built by `pip install` where a compiler is
+    from taskray.scan import _tarwalk  # C walk of plain tars; built by `pip install` where a compiler is
 except ImportError:  # the Python walker below does everything, only slower
     _tarwalk = None
 
@@ -45,13 +45,13 @@ ROOT_MARKERS = ("task.toml", "instruction.md", "task.yaml")
 
 
 @dataclass(frozen=True)
-class Limits:
+class BlobLimits:
     max_raw_bytes: int = 64 * 1024 * 1024  # per blob, after decompression
     max_members: int = 20_000
     max_kept_bytes: int = 1024 * 1024  # largest single member whose content is kept
 
 
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS = BlobLimits()
 
 
 class BlobError(ValueError):
@@ -129,11 +129,11 @@ def _single_root(members: dict[str, int]) -> str:
 
 
 # --- decompression -------------------------------------------------------------------------------------
-def _too_big(limits: Limits) -> BlobError:
+def _too_big(limits: BlobLimits) -> BlobError:
     return BlobError(f"decompressed size exceeds the {limits.max_raw_bytes} byte limit (compression bomb?)")
 
 
-def _gunzip(data: bytes, limits: Limits) -> bytes:
+def _gunzip(data: bytes, limits: BlobLimits) -> bytes:
     out: list[bytes] = []
     produced = 0
     while data:
@@ -154,7 +154,7 @@ def _gunzip(data: bytes, limits: Limits) -> bytes:
     return b"".join(out)
 
 
-def _capped(decompressor, data: bytes, limits: Limits, name: str) -> bytes:
+def _capped(decompressor, data: bytes, limits: BlobLimits, name: str) -> bytes:
     try:
         out = decompressor.decompress(data, max_length=limits.max_raw_bytes + 1)
     except (OSError, EOFError, lzma.LZMAError) as e:
@@ -166,7 +166,7 @@ def _capped(decompressor, data: bytes, limits: Limits, name: str) -> bytes:
     return out
 
 
-def _unzstd(data: bytes, limits: Limits) -> bytes:
+def _unzstd(data: bytes, limits: BlobLimits) -> bytes:
     import pyarrow as pa  # pyarrow ships a zstd codec, so no extra dependency for a rare format
 
     try:
@@ -179,7 +179,7 @@ def _unzstd(data: bytes, limits: Limits) -> bytes:
     return out
 
 
-def decompress(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, str]:
+def decompress(data: bytes, limits: BlobLimits = DEFAULT_LIMITS) -> tuple[bytes, str]:
     """Unwrap an outer gzip/bz2/xz/zstd layer (at most twice: .tar.gz.gz exists), capped."""
     compression = "none"
     for _ in range(2):
@@ -252,7 +252,7 @@ _HEADER = struct.Struct("100s24x12s20x1s100x6s82x155s")
 
 
 def walk_tar(
-    buf: bytes, limits: Limits, parsed: ParsedBlob, checksums: bool = True
+    buf: bytes, limits: BlobLimits, parsed: ParsedBlob, checksums: bool = True
 ) -> dict[str, tuple[int, int]]:
     """Member names and sizes into `parsed`; returns where each member's bytes are in `buf`.
 
@@ -321,7 +321,7 @@ def walk_tar(
 
 
 # --- zip -----------------------------------------------------------------------------------------------
-def walk_zip(buf: bytes, limits: Limits, parsed: ParsedBlob) -> tuple[zipfile.ZipFile, dict]:
+def walk_zip(buf: bytes, limits: BlobLimits, parsed: ParsedBlob) -> tuple[zipfile.ZipFile, dict]:
     try:
         zf = zipfile.ZipFile(io.BytesIO(buf))
         infos = zf.infolist()
@@ -350,7 +350,7 @@ def walk_zip(buf: bytes, limits: Limits, parsed: ParsedBlob) -> tuple[zipfile.Zi
     return zf, infos_by_name
 
 
-def _read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, limits: Limits) -> bytes:
+def _read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, limits: BlobLimits) -> bytes:
     try:
         # read past the declared size: a lying header must not let more through than the cap
         content = zf.open(info).read(limits.max_kept_bytes + 1)
@@ -401,7 +401,7 @@ def _try_json(buf: bytes, parsed: ParsedBlob) -> bool:
 
 
 def parse_blob(
-    blob: bytes, want: Callable[[str], bool] = wanted_for_detection, limits: Limits = DEFAULT_LIMITS
+    blob: bytes, want: Callable[[str], bool] = wanted_for_detection, limits: BlobLimits = DEFAULT_LIMITS
 ) -> ParsedBlob:
     """Classify and open one blob; never raises on bad input (see `ParsedBlob.error`)."""
     blob = bytes(blob) if blob is not None else b""

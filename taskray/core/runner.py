@@ -1,0 +1,135 @@
+"""The one way a job runs its items on Ray: each exactly once, resumable, refusing to mix two runs.
+
+A job hands over a dict of items (each named by a unique key) and a worker class. The worker is built
+once per Ray Data actor (imports, Docker pools and caches stay warm) and turns one item into a small
+JSON-able result, writing the item's own output atomically on the way (a catalog piece, a mix shard).
+The runner:
+
+- reads the receipts already in DEST (`_progress/<key>.json`, the item's result plus the run's
+  `plan_id`) and skips those items; a receipt of another plan means DEST holds a different run, which
+  is refused (`BadInput`), never mixed in;
+- runs the rest on a pool of Ray Data actors: one per free CPU to start, growing up to one per item when
+  an autoscaling cluster adds nodes; two items queued per actor, so no actor waits for the driver. Ray
+  Data retries an item whose actor or node died, so infrastructure failures never become results;
+- writes each receipt on the driver as its result arrives (after the item's output: a receipt means
+  the output is whole) and yields it, so the job can show progress.
+
+The job writes its completion marker (summary.json, manifest.json, ...) with `mark_complete` once every
+item is done: the marker is written last, so a reader that waits for it never sees half a run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from taskray.core.storage import Store
+from taskray.errors import BadInput, JobFailed, TaskrayError
+
+RECEIPTS = "_progress"
+
+
+def receipt_name(key: str) -> str:
+    return f"{RECEIPTS}/{key.replace('/', '__')}.json"
+
+
+def finished_items(store: Store, plan_id: str) -> dict[str, dict]:
+    """Results of the items an earlier run of the same plan finished, by key."""
+    done = {}
+    for rel in store.list(RECEIPTS):
+        receipt = json.loads(store.read_bytes(rel))
+        if receipt.get("plan_id") != plan_id:
+            raise BadInput(
+                f"{store.url} holds part of a different run ({rel}); use another destination, "
+                "or delete it to start over"
+            )
+        done[receipt["key"]] = receipt["result"]
+    return done
+
+
+class _ItemActor:
+    """The Ray Data actor: builds the job's worker once, then maps items to JSON results."""
+
+    def __init__(self, worker: Callable[..., Callable[[dict], dict]], worker_args: dict):
+        self.worker = worker(**worker_args)
+
+    def __call__(self, row: dict) -> dict:
+        result = self.worker(json.loads(row["item"]))
+        return {"key": row["key"], "result": json.dumps(result)}
+
+
+def run_items(
+    items: dict[str, dict],
+    worker: Callable[..., Callable[[dict], dict]],
+    store: Store,
+    plan_id: str,
+    worker_args: dict | None = None,
+    cpus_per_actor: float = 1,
+    actors: int | None = None,
+    concurrent_calls: int = 1,
+) -> Iterator[tuple[str, dict]]:
+    """Run every item not finished yet; yield (key, result) as each finishes. Ray must be initialised.
+
+    `actors` fixes the pool's size (default: one per free CPU, growing with the cluster).
+    `concurrent_calls` > 1 runs that many queued items at once in each actor (threads): for workers
+    that wait on something else, like containers, rather than compute.
+    """
+    import ray
+
+    if not items:
+        return
+    if actors:
+        sizes = {"size": min(actors, len(items))}
+    else:
+        cpus = max(1, int(ray.available_resources().get("CPU", 1) // max(cpus_per_actor, 1e-9)))
+        # above the CPUs there are now, Ray Data grows the pool only when an autoscaling cluster adds nodes
+        sizes = {"min_size": 1, "initial_size": min(cpus, len(items)), "max_size": len(items)}
+    threads = {"max_concurrent_calls_per_actor": concurrent_calls, "enable_true_multi_threading": True}
+    pool = ray.data.ActorPoolStrategy(
+        **sizes,
+        max_tasks_in_flight_per_actor=2 * concurrent_calls,  # the next item is always waiting
+        **(threads if concurrent_calls > 1 else {}),
+    )
+    rows = [{"key": key, "item": json.dumps(item)} for key, item in items.items()]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
+        _ItemActor,
+        fn_constructor_kwargs={"worker": worker, "worker_args": worker_args or {}},
+        num_cpus=cpus_per_actor,
+        compute=pool,
+    )
+    finished = 0
+    try:
+        for row in ds.iter_rows():
+            result = json.loads(row["result"])
+            receipt = {"plan_id": plan_id, "key": row["key"], "result": result}
+            store.write_bytes(receipt_name(row["key"]), json.dumps(receipt).encode())
+            finished += 1
+            yield row["key"], result
+    except Exception as err:  # an item kept failing after Ray Data's retries, or storage did
+        cause = _root_cause(err)
+        if isinstance(cause, BadInput):
+            raise cause from err
+        resume = f"{finished} of {len(items)} items finished and are kept; rerun the same command to resume"
+        if isinstance(cause, TaskrayError):  # e.g. a StorageError raised in a worker: say it as it is
+            raise type(cause)(f"{cause}; {resume}") from err
+        raise JobFailed(f"an item failed: {type(cause).__name__}: {cause}; {resume}") from err
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The exception a worker raised, under the layers Ray and Ray Data wrap it in."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, TaskrayError):
+            return err
+        inner = getattr(err, "cause", None) or err.__cause__
+        if not isinstance(inner, BaseException):
+            return err
+        err = inner
+    return err
+
+
+def mark_complete(store: Store, name: str, record: Any) -> None:
+    """Write the run's completion marker, last: its presence means every output is whole."""
+    store.write_bytes(name, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())

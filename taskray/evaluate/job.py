@@ -1,0 +1,163 @@
+"""The eval job: HumanEval-style samples run in Docker sandboxes on a pool of Ray actors.
+
+Each `EvalWorker` actor owns a warm pool of containers and runs a batch of samples on all of them at
+once; the shared runner (core/runner.py) places the actors by CPU across nodes, keeps two batches queued
+per actor, records each finished batch (so an interrupted eval resumes), and retries a batch whose actor
+or node died. The job then writes `samples.parquet` + `samples.jsonl` (one row per sample, in input
+order) and, last, `metrics.json` (pass@k for k <= samples per task, counts per status; infra errors are
+left out of pass@k and counted on their own) to DEST, a local folder or s3:// prefix.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import io
+import json
+import os
+from collections import Counter
+
+from taskray.core.console import Progress
+from taskray.core.runner import finished_items, mark_complete, run_items
+from taskray.core.storage import Store
+from taskray.evaluate import humaneval
+from taskray.sandbox.client import STATUSES, ContainerLimits
+
+BATCH = 8  # samples per actor call: big enough to hide the call overhead, small enough to balance load
+CONCURRENT_BATCHES = 2  # per actor: a container freed by a fast job takes the next batch's work
+
+
+class EvalWorker:
+    """The runner's worker: owns `containers` warm sandboxes; runs a batch of jobs on all of them."""
+
+    def __init__(self, containers: int, limits: dict, fresh: bool):
+        from taskray.sandbox.pool import SandboxPool
+
+        self.pool = SandboxPool(size=containers, limits=ContainerLimits(**limits), fresh=fresh)
+        # Ray Data ends its actors when the run is over; their containers go with them. (A killed actor
+        # cannot clean up: its containers exit with their stdin, and the next pool's gc removes them.)
+        atexit.register(self.pool.close)
+
+    def __call__(self, item: dict) -> dict:
+        jobs = item["jobs"]
+        results = self.pool.map((job["sources"], job["timeout"]) for job in jobs)
+        return {
+            "rows": [
+                {"task_id": j["task_id"], "sample": j["sample"], **r.to_dict()} for j, r in zip(jobs, results)
+            ]
+        }
+
+
+def make_jobs(problems: list[dict], samples: list[dict], timeout: float) -> list[dict]:
+    by_id = {p["task_id"]: p for p in problems}
+    return [
+        {
+            "task_id": s["task_id"],
+            "sample": s["sample"],
+            "timeout": timeout,
+            "sources": humaneval.program_parts(by_id[s["task_id"]], s["completion"]),
+        }
+        for s in samples
+    ]
+
+
+def self_check_samples(problems: list[dict], repeat: int = 1) -> list[dict]:
+    """Each problem's canonical solution, `repeat` times (as samples 0..repeat-1)."""
+    return [
+        {"task_id": p["task_id"], "sample": i, "completion": humaneval.canonical_completion(p)}
+        for i in range(repeat)
+        for p in problems
+    ]
+
+
+def evaluate(
+    jobs: list[dict],
+    out: str,
+    workers: int,
+    containers: int,
+    limits: ContainerLimits,
+    fresh: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """Run jobs on `workers` actors, recording finished batches under `out`; rows come back in job
+    order. Ray must be initialised."""
+    store = Store(out)
+    batches = {f"batch-{i // BATCH:06d}": {"jobs": jobs[i : i + BATCH]} for i in range(0, len(jobs), BATCH)}
+    plan = {"jobs": jobs, "limits": vars(limits), "fresh": fresh}
+    plan_id = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    # a batch whose samples hit infrastructure errors is run again: those are not verdicts
+    done = {
+        k: r
+        for k, r in finished_items(store, plan_id).items()
+        if all(row["status"] != "infra_error" for row in r["rows"])
+    }
+    todo = {k: v for k, v in batches.items() if k not in done}
+    bar = Progress("eval", len(jobs)) if progress else None
+    tally: Counter = Counter(r["status"] for res in done.values() for r in res["rows"])
+    finished = sum(tally.values())
+    worker_args = {"containers": containers, "limits": vars(limits), "fresh": fresh}
+    for key, result in run_items(
+        todo, EvalWorker, store, plan_id, worker_args, actors=workers, concurrent_calls=CONCURRENT_BATCHES
+    ):
+        done[key] = result
+        tally.update(r["status"] for r in result["rows"])
+        finished += len(result["rows"])
+        if bar:
+            counts = ", ".join(f"{s} {tally[s]}" for s in STATUSES if tally[s])
+            bar.update(
+                finished, f"{finished}/{len(jobs)} samples | {counts} | {finished / bar.elapsed:,.0f}/s"
+            )
+    return [row for key in sorted(batches) for row in done[key]["rows"]]
+
+
+def metrics(rows: list[dict], ks: tuple[int, ...] = (1, 10, 100)) -> dict:
+    """Counts per status and pass@k over the samples that actually ran (infra errors excluded)."""
+    per_task: dict[str, list[int]] = {}
+    for r in rows:
+        if r["status"] != "infra_error":
+            n_c = per_task.setdefault(r["task_id"], [0, 0])
+            n_c[0] += 1
+            n_c[1] += r["status"] == "passed"
+    counts = Counter(r["status"] for r in rows)
+    return {
+        "samples": len(rows),
+        "tasks": len({r["task_id"] for r in rows}),
+        "passed": counts["passed"],
+        "counts": {s: counts[s] for s in STATUSES},
+        "infra_errors": counts["infra_error"],
+        "pass_at_k": humaneval.pass_at_k_table({t: (n, c) for t, (n, c) in per_task.items()}, ks),
+    }
+
+
+def write_outputs(out: str, rows: list[dict], summary: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = Store(out)
+    table = pa.Table.from_pylist(rows)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    store.write_bytes("samples.parquet", buf.getvalue())
+    store.write_bytes("samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    mark_complete(store, "metrics.json", summary)
+
+
+def preflight() -> None:
+    """Fail early, in words, when this machine should run sandboxes but cannot.
+
+    On a cluster (RAY_ADDRESS) the driver's node may have no Docker at all; the actors check their own.
+    """
+    from taskray.sandbox.daemon import SandboxUnavailable, docker_client, image_name
+    from taskray.sandbox.image import image_state
+
+    try:
+        client = docker_client(timeout=30)
+    except SandboxUnavailable:
+        if os.environ.get("RAY_ADDRESS"):
+            return
+        raise
+    state = image_state(client)
+    if state != "ok":
+        raise SandboxUnavailable(
+            f"sandbox image {image_name()} is {state}: run `taskray sandbox build` first"
+        )

@@ -1,0 +1,141 @@
+"""Export tasks selected from a scan catalog as Harbor folders or as TaskTrove-format shards.
+
+The catalog keeps, for every task, the input file (`shard`) and row it came from, so export reads back
+only the row groups that hold selected rows. One item per input shard, run by the shared runner; each
+writes its own outputs:
+
+- `--as tasktrove`: `<source>/<shard>.parquet` (the input's layout) with the two TaskTrove columns, blobs
+  byte-identical;
+- `--as harbor`: `<source>/<task>/...` files from a safe extraction (the same member filter the scanner
+  uses: no `..`, no absolute paths, no links or devices ever reach the disk).
+
+`export.json`, listing what was written, is written last: its presence means the export is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from taskray.core.console import say
+from taskray.core.runner import finished_items, mark_complete, run_items
+from taskray.core.storage import Store
+from taskray.errors import BadInput
+from taskray.scan.blob import BlobLimits, decompress, normalise_join, parse_blob, want_all
+from taskray.scan.catalog import fetch_blobs, select
+from taskray.scan.sources import TASKTROVE_SCHEMA, safe_part, shard_key
+
+EXPORT_FORMATS = ("harbor", "tasktrove")
+# Export keeps every member, however large, up to the scanner's decompression cap.
+EXPORT_LIMITS = BlobLimits(max_kept_bytes=BlobLimits().max_raw_bytes)
+_PAYLOAD_NAME = {"json": "task.json", "jsonl": "task.jsonl", "text": "task.txt", "binary": "task.bin"}
+
+
+def task_folder_name(path: str, row: int) -> str:
+    """A filesystem-safe, unique folder name for a task (paths may repeat or hold odd characters)."""
+    return f"{safe_part(path)[:120]}-{row}"
+
+
+def harbor_files(blob: bytes) -> dict[str, bytes]:
+    """The files of one task as they would be extracted; unsafe members never appear."""
+    parsed = parse_blob(blob, want=want_all, limits=EXPORT_LIMITS)
+    if parsed.error:
+        raise ValueError(parsed.error)
+    if parsed.format in ("tar", "zip"):
+        return parsed.files
+    return {_PAYLOAD_NAME[parsed.format]: _payload(blob)}
+
+
+def _payload(blob: bytes) -> bytes:
+    return decompress(blob, EXPORT_LIMITS)[0]
+
+
+def export_shard(item: dict, out_url: str, fmt: str) -> dict:
+    """Export the selected rows of one input shard; returns what was written."""
+    store = Store(out_url)
+    blobs = fetch_blobs(item["shard"], item["rows"])
+    written, failed = [], []
+    if fmt == "tasktrove":
+        rel = f"{safe_part(item['source'])}/{shard_key(item['shard'], item['source'])}.parquet"
+        table = pa.table(
+            {"path": [blobs[r][0] for r in item["rows"]], "task_binary": [blobs[r][1] for r in item["rows"]]},
+            schema=TASKTROVE_SCHEMA,
+        )
+        store.put_staged(rel, lambda local: pq.write_table(table, local))
+        return {"written": [rel], "failed": []}
+    for r in item["rows"]:
+        path, blob = blobs[r]
+        folder = f"{safe_part(item['source'])}/{task_folder_name(path, r)}"
+        try:
+            files = harbor_files(blob)
+        except ValueError as e:
+            failed.append(f"{path}: {e}")
+            continue
+        for name, data in sorted(files.items()):
+            normalise_join(folder, name)  # belt and braces: refuses anything that would leave the folder
+            store.write_bytes(f"{folder}/{name}", data)
+        written.append(folder)
+    return {"written": written, "failed": failed}
+
+
+class ShardExporter:
+    """The runner's worker: exports one input shard's selected rows per call."""
+
+    def __init__(self, out_url: str, fmt: str) -> None:
+        self.out_url, self.fmt = out_url, fmt
+
+    def __call__(self, item: dict) -> dict:
+        return export_shard(item, self.out_url, self.fmt)
+
+
+def export(
+    catalog_url: str,
+    out: str,
+    where: list[str] = ("has_verifier",),
+    source_filter: str | None = None,
+    fmt: str = "harbor",
+    num_cpus: int | None = None,
+) -> dict:
+    """Write the selected tasks to OUT; returns the manifest that is also written as OUT/export.json."""
+    from taskray.core.raycluster import init_ray
+
+    if fmt not in EXPORT_FORMATS:
+        raise BadInput(f"--as {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+    table = select(catalog_url, list(where), source_filter)
+    by_shard: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for source, shard, row in zip(
+        table["source"].to_pylist(), table["shard"].to_pylist(), table["row"].to_pylist()
+    ):
+        by_shard[(source, shard)].append(row)
+    items = {
+        f"{safe_part(s)}/{shard_key(sh, s)}": {"source": s, "shard": sh, "rows": rows}
+        for (s, sh), rows in sorted(by_shard.items())
+    }
+    say("export", f"{table.num_rows:,} tasks from {len(items)} shards -> {out} as {fmt}")
+    store = Store(out)
+    plan = {"catalog": catalog_url, "where": list(where), "source_filter": source_filter, "format": fmt}
+    plan_id = hashlib.sha256(json.dumps({**plan, "items": items}, sort_keys=True).encode()).hexdigest()
+    done = finished_items(store, plan_id)
+    store.delete("export.json")  # present only once this export is complete
+    todo = {k: v for k, v in items.items() if k not in done}
+    if todo:
+        init_ray(num_cpus)
+        for key, result in run_items(todo, ShardExporter, store, plan_id, {"out_url": out, "fmt": fmt}):
+            done[key] = result
+            say(
+                "export",
+                f"{sum(len(r['written']) for r in done.values()):,} written, "
+                f"{sum(len(r['failed']) for r in done.values()):,} unreadable",
+            )
+    manifest = {
+        **plan,
+        "tasks": table.num_rows,
+        "written": sorted(w for r in done.values() for w in r["written"]),
+        "failed": sorted(f for r in done.values() for f in r["failed"]),
+    }
+    mark_complete(store, "export.json", manifest)
+    return manifest

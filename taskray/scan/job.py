@@ -1,0 +1,227 @@
+"""The scan job: stream TaskTrove shards through Ray Data, detect verifiers, write a resumable catalog.
+
+The unit of work is a *piece*: a run of whole row groups (about 20k rows) of one input parquet file. Each
+piece is read, parsed and written by one call of a long-lived Ray Data actor (`PieceScanner`) to its own
+catalog file, named after the input file and row range; the shared runner (core/runner.py) skips pieces
+an earlier run finished and records each one as it completes. So:
+
+- exactly once: a piece's output is written atomically, then its receipt; a rerun after a crash redoes
+  only the pieces without a receipt, and rewrites the same bytes if it redoes one;
+- bounded memory: a worker holds one batch of blobs at a time and keeps only the small catalog rows;
+  blobs never cross the object store and nothing shuffles them;
+- the plan (which pieces, from which inputs) is saved as `plan.json`; rerunning into the same DEST with
+  different inputs is refused instead of silently mixing two scans.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from taskray.core.console import Progress, say
+from taskray.core.runner import finished_items, run_items
+from taskray.core.storage import Store, arrow_filesystem
+from taskray.errors import BadInput
+from taskray.scan.catalog import CATALOG_SCHEMA, scan_blobs
+from taskray.scan.sources import iter_task_batches, list_shards, safe_part, shard_key
+
+ROWS_PER_PIECE = 20_000
+BATCH_ROWS = 256  # blobs held in memory at once per worker
+
+
+@dataclass(frozen=True)
+class Piece:
+    source: str
+    shard: str
+    start: int  # first row (inclusive), in the file's row numbering
+    stop: int  # last row (exclusive)
+    row_groups: tuple[int, ...]
+    out: str  # relative path of the piece's catalog file
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+def _row_group_sizes(url: str) -> list[int]:
+    fs, path = arrow_filesystem(url)
+    try:
+        with fs.open_input_file(path) as f:
+            meta = pq.ParquetFile(f).metadata
+    except pa.ArrowInvalid as e:
+        raise BadInput(f"{url}: not a readable parquet file ({e})") from None
+    return [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)]
+
+
+def plan_pieces(shards, limit: int | None = None, rows_per_piece: int = ROWS_PER_PIECE) -> list[Piece]:
+    """Split every shard into runs of whole row groups of about `rows_per_piece` rows.
+
+    Footers are read in parallel: on the Hub or S3 each one is a round trip, and there are hundreds."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        sizes = list(pool.map(_row_group_sizes, [s.url for s in shards]))
+    pieces: list[Piece] = []
+    remaining = limit if limit is not None else float("inf")
+    for shard, row_groups in zip(shards, sizes):
+        key = f"{safe_part(shard.source)}/{shard_key(shard.url, shard.source)}"
+        row, group, groups = 0, [], []
+        for rg, n in enumerate(row_groups):
+            group.append((rg, n))
+            if sum(k for _, k in group) >= rows_per_piece or rg == len(row_groups) - 1:
+                groups.append(group)
+                group = []
+        for group in groups:
+            n = sum(k for _, k in group)
+            take = int(min(n, remaining))
+            if take <= 0:
+                break
+            out = f"catalog/{key}.{row:010d}-{row + take:010d}.parquet"
+            pieces.append(Piece(shard.source, shard.url, row, row + take, tuple(g for g, _ in group), out))
+            row += n
+            remaining -= take
+        if remaining <= 0:
+            break
+    outs = [p.out for p in pieces]
+    if len(set(outs)) != len(outs):  # would lose rows silently: one piece overwriting another
+        raise BadInput(
+            f"two input shards map to one catalog file: {sorted(o for o in outs if outs.count(o) > 1)[:2]}"
+        )
+    return pieces
+
+
+def scan_piece(item: dict, out_url: str) -> dict:
+    """Read one piece's rows, build its catalog rows, write them atomically."""
+    piece = Piece(**{**item, "row_groups": tuple(item["row_groups"])})
+    store = Store(out_url)
+    parts, row, compressed = [], piece.start, 0
+    for paths, blobs in iter_task_batches(piece.shard, list(piece.row_groups), BATCH_ROWS):
+        take = min(len(paths), piece.stop - row)
+        if take <= 0:
+            break
+        paths, blobs = paths[:take], blobs[:take]
+        compressed += sum(len(b) for b in blobs)
+        parts.append(
+            pa.table(scan_blobs(piece.source, piece.shard, row, paths, blobs), schema=CATALOG_SCHEMA)
+        )
+        row += take
+        del blobs  # the blob column goes as soon as it is parsed
+    table = pa.concat_tables(parts) if parts else CATALOG_SCHEMA.empty_table()
+    store.put_staged(piece.out, lambda local: pq.write_table(table, local, compression="zstd"))
+    return {
+        "out": piece.out,
+        "rows": table.num_rows,
+        "compressed_bytes": compressed,
+    }
+
+
+class PieceScanner:
+    """A long-lived Ray Data worker: scans whole pieces. An actor pool rather than one Ray task per
+    piece: each task paid a worker lease and a scheduling round trip (a few percent of a full piece's
+    work, most of a shard's small last piece), while an actor keeps its imports warm and always has the
+    next piece queued."""
+
+    def __init__(self, out_url: str) -> None:
+        self.out_url = out_url
+        # The worker's heap is mostly Ray, Ray Data and pyarrow objects that live as long as it does, and
+        # the cyclic GC re-traversed them on every older-generation collection; frozen, they are skipped.
+        gc.freeze()
+
+    def __call__(self, item: dict) -> dict:
+        return scan_piece(item, self.out_url)
+
+
+@dataclass
+class ScanResult:
+    out: str
+    pieces: int
+    skipped_pieces: int
+    rows_scanned: int
+    seconds: float
+    summary: dict
+
+
+def _plan_record(source: str, pieces: list[Piece]) -> dict:
+    return {
+        "version": 1,
+        "source": source,
+        "pieces": [{**asdict(p), "row_groups": list(p.row_groups)} for p in pieces],
+    }
+
+
+def _check_plan(store: Store, plan: dict) -> None:
+    if store.exists("plan.json"):
+        old = json.loads(store.read_bytes("plan.json"))
+        if old.get("pieces") != plan["pieces"]:
+            raise BadInput(
+                f"--out {store.url} already holds a scan of different inputs (SOURCE, --source-filter or "
+                "--limit changed, or the shards did); use another --out, or delete it to start over"
+            )
+        return
+    store.write_bytes("plan.json", json.dumps(plan, indent=1).encode())
+
+
+def _clean_staging(store: Store) -> None:
+    """Temp folders from a crashed local run: never read, but no need to keep them."""
+    root = Path(store.url)
+    if not store.url.startswith("s3://") and root.is_dir():
+        for tmp in root.glob(".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scan(
+    source: str,
+    out: str,
+    source_filter: str | None = None,
+    limit: int | None = None,
+    num_cpus: int | None = None,
+    rows_per_piece: int = ROWS_PER_PIECE,
+    report: bool = True,
+) -> ScanResult:
+    """Scan SOURCE into OUT (catalog/, summary.json, report.html). Resumable; see the module docstring."""
+    from taskray.core.raycluster import init_ray
+
+    started = time.perf_counter()
+    shards = list_shards(source, source_filter)
+    pieces = plan_pieces(shards, limit, rows_per_piece)
+    store = Store(out)
+    plan = _plan_record(source, pieces)
+    _check_plan(store, plan)
+    _clean_staging(store)
+    plan_id = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    done = finished_items(store, plan_id)
+    todo = {p.out: {**asdict(p), "row_groups": list(p.row_groups)} for p in pieces if p.out not in done}
+    total_rows = sum(p.rows for p in pieces)
+    say(
+        "scan",
+        f"{len(shards)} shards, {len(pieces)} pieces, {total_rows:,} tasks; "
+        f"{len(pieces) - len(todo)} pieces already done",
+    )
+    rows = 0
+    if todo:
+        init_ray(num_cpus)
+        progress = Progress("scan", len(todo))  # rates count scanning, not Ray start-up
+        finished, nbytes = 0, 0
+        for _, stats in run_items(todo, PieceScanner, store, plan_id, worker_args={"out_url": out}):
+            finished += 1
+            rows += stats["rows"]
+            nbytes += stats["compressed_bytes"]
+            progress.update(
+                finished,
+                f"{finished}/{len(todo)} pieces | {rows:,} tasks | {rows / progress.elapsed:,.0f} tasks/s | "
+                f"{nbytes / progress.elapsed / 1e6:.1f} MB/s",
+            )
+    summary = {}
+    if report:
+        from taskray.scan.report import write_report
+
+        summary = write_report(store)
+        say("scan", f"wrote {store.path('summary.json')} and {store.path('report.html')}")
+    return ScanResult(out, len(pieces), len(pieces) - len(todo), rows, time.perf_counter() - started, summary)
