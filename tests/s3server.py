@@ -21,20 +21,37 @@ ACCESS_KEY = "taskray-test"
 SECRET_KEY = "taskray-test-secret"
 
 
-def _free_port() -> int:
-    # weed derives gRPC ports as port+10000, so keep the HTTP ports below 55535.
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 55000:
-            return port
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _free_ports(names: tuple[str, ...]) -> dict[str, int]:
+    """Free ports for weed's servers. Each also takes port+10000 for gRPC, so every one of those must be
+    free too and none may equal another's (an S3 port landing on the master's gRPC port is a flake)."""
+    taken: set[int] = set()
+    ports = {}
+    for name in names:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            pair = {port, port + 10000}
+            if port < 55000 and not pair & taken and _bindable(port + 10000):
+                break
+        taken |= pair
+        ports[name] = port
+    return ports
 
 
 class SeaweedS3:
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
-        self.ports = {name: _free_port() for name in ("master", "volume", "filer", "s3")}
+        self.ports = _free_ports(("master", "volume", "filer", "s3"))
         self.proc: subprocess.Popen | None = None
         self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
 
