@@ -11,10 +11,13 @@ import argparse
 import importlib
 import os
 import sys
+import time
 import traceback
+from pathlib import Path
+from typing import NoReturn
 
 from taskray.core.console import VERBOSE_ENV
-from taskray.errors import TaskrayError
+from taskray.errors import TaskrayError, one_line
 
 # command -> (module with COMMANDS, help)
 COMMANDS = {
@@ -30,9 +33,26 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """A bad argument is bad input like any other: exit 2, one line."""
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def positive(text: str) -> int:
+    """argparse type for counts: an integer >= 1 (a 0 would leave Ray waiting for CPUs forever)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="taskray", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="taskray", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks and Ray's own logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = next((a for a in argv if not a.startswith("-")), None)
@@ -54,15 +74,30 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.verbose:
             traceback.print_exc()
-        print(f"taskray {args.command}: {_one_line(e)}", file=sys.stderr)
-        return e.exit_code if isinstance(e, TaskrayError) else _unexpected_code(e)
+        code = e.exit_code if isinstance(e, TaskrayError) else _unexpected_code(e)
+        log = _save_traceback(args.command, e) if code == 1 else None
+        where = f" (full log: {log})" if log else ""
+        print(f"taskray {args.command}: {_one_line(e)}{where}", file=sys.stderr)
+        return code
 
 
 def _one_line(e: Exception) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = one_line(e, 2000) or type(e).__name__
     if isinstance(e, TaskrayError | FileNotFoundError | ValueError):
         return text
-    return f"{type(e).__name__}: {text} (run with -v for the traceback)"
+    return f"{type(e).__name__}: {text}"
+
+
+def _save_traceback(command: str, e: Exception) -> Path | None:
+    """A failure during work keeps its whole story in a file; the terminal gets one line."""
+    folder = Path(os.environ.get("TASKRAY_LOG_DIR") or Path.home() / ".cache" / "taskray" / "logs")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(f"taskray {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(e)))
+        return path
+    except OSError:
+        return None
 
 
 def _unexpected_code(e: Exception) -> int:

@@ -31,3 +31,9 @@ class StorageError(TaskrayError):
 
 class JobFailed(TaskrayError):
     exit_code = 1
+
+
+def one_line(err: BaseException | str, limit: int = 300) -> str:
+    """An error's text on one line, cut to `limit` characters: for messages that quote a library's."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

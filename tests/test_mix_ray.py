@@ -212,7 +212,7 @@ def test_s3_export_survives_an_outage(s3, bucket, tmp_path, shared_data, ray_loc
     finally:
         s3.start()
     assert proc.returncode == 1, err
-    assert "failed" in err and "rerun the same command" in err
+    assert "the run failed" in err and "rerun the same command" in err and "Traceback" not in err
     assert "manifest.json" not in keys("")
     stored = len(keys("_progress/"))
     total = -(-(3000 + 1319) // 60)

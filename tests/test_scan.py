@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -104,11 +105,13 @@ def test_scan_s3_to_s3_on_ray(ray_local, s3, bucket, corpus, tmp_path):
     ]
 
 
-def test_scan_with_wrong_credentials_fails_as_infrastructure(ray_local, s3, bucket, corpus, monkeypatch):
+def test_scan_with_wrong_credentials_is_bad_input(ray_local, s3, bucket, corpus, monkeypatch):
     source = upload_folder(s3, corpus, bucket, "src")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
-    with pytest.raises(OSError):
-        scan(source, str(Path("/tmp") / f"never-{bucket}"))
+    never = Path("/tmp") / f"never-{bucket}"
+    with pytest.raises(BadInput, match="access denied .* credentials"):
+        scan(source, str(never))
+    assert not never.exists()
 
 
 def test_kill_half_way_then_resume_equals_clean_run(ray_local, corpus, tmp_path):
@@ -136,9 +139,16 @@ def test_kill_half_way_then_resume_equals_clean_run(ray_local, corpus, tmp_path)
             assert proc.poll() is None, "the scan finished before it could be killed"
             assert time.monotonic() < deadline, "the scan made no progress"
             time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        family = psutil.Process(proc.pid).children(recursive=True)  # Ray's processes, its agents
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone, as `kill -9 PID` does
         proc.wait()
+        # nothing of that run lingers: Ray's own processes and its agents are gone within seconds
+        gone, alive = psutil.wait_procs(family, timeout=15)
+        assert alive == [], [p.name() for p in alive]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     finished = len(list((crashed / "_progress").glob("*.json")))
     assert 3 <= finished < 12, finished
     assert not (crashed / "summary.json").exists()
@@ -154,7 +164,7 @@ def test_rerun_with_other_inputs_is_refused(ray_local, corpus, tmp_path):
     out = str(tmp_path / "out")
     scan(str(corpus), out, limit=150, rows_per_piece=100, report=False)
     assert read_catalog(out).num_rows == 150
-    with pytest.raises(BadInput, match="different inputs"):
+    with pytest.raises(BadInput, match="other inputs"):
         scan(str(corpus), out, limit=300, rows_per_piece=100)
     assert read_catalog(out).num_rows == 150  # nothing written was lost
 
@@ -163,9 +173,9 @@ def test_source_filter_and_bad_sources(ray_local, corpus, tmp_path):
     out = str(tmp_path / "filtered")
     scan(str(corpus), out, source_filter="source-[12]$", rows_per_piece=1000)
     assert set(read_catalog(out)["source"].to_pylist()) == {"synth__source-1", "synth__source-2"}
-    with pytest.raises(FileNotFoundError, match="no parquet shards"):
+    with pytest.raises(BadInput, match="no parquet shards"):
         list_shards(str(corpus), "nothing-matches")
-    with pytest.raises(FileNotFoundError, match="no such folder"):
+    with pytest.raises(BadInput, match="no such folder"):
         list_shards(str(tmp_path / "missing" / "dir"))
 
 
@@ -342,3 +352,113 @@ def test_unfinished_scan_is_not_read_as_a_catalog(ray_local, corpus, tmp_path):
     scan(str(corpus), str(out), limit=100, rows_per_piece=100, report=False)  # no summary.json: unfinished
     with pytest.raises(ValueError, match="unfinished"):
         next(read_tasks(str(out)))
+
+
+def corpus_digests(corpus: Path) -> dict[tuple[str, int], str]:
+    """(shard url, row) -> sha256 of the blob there now."""
+    out = {}
+    for shard in list_shards(str(corpus)):
+        for row, blob in enumerate(pq.read_table(shard.url)["task_binary"].to_pylist()):
+            out[(shard.url, row)] = hashlib.sha256(blob).hexdigest()
+    return out
+
+
+def test_changed_inputs_are_refused_or_rescanned_never_mixed(ray_local, tmp_path):
+    corpus, out = tmp_path / "c", str(tmp_path / "o")
+    synth_corpus(corpus, 400, sources=2, seed=1)
+    scan(str(corpus), out)
+    for shard in corpus.iterdir():  # the same paths, other contents
+        for f in shard.iterdir():
+            f.unlink()
+    synth_corpus(corpus, 400, sources=2, seed=7)
+    before = catalog_rows(out)
+    with pytest.raises(BadInput, match=r"synth__source-0/tasks.parquet changed .* --rescan"):
+        scan(str(corpus), out)
+    assert catalog_rows(out) == before and (Path(out) / "summary.json").exists()  # nothing lost
+
+    # only one file changes back: --rescan redoes that file's pieces, nothing else is stale
+    result = scan(str(corpus), out, rescan=True)
+    assert result.skipped_pieces == 0 and result.rows_scanned == 400
+    now = corpus_digests(corpus)
+    rows = read_catalog(out).to_pylist()
+    assert len(rows) == 400 and all(r["blob_sha256"] == now[(r["shard"], r["row"])] for r in rows)
+    assert scan(str(corpus), out).skipped_pieces == 2  # and then it is a finished scan of these inputs
+
+
+def test_null_blobs_and_paths_are_error_rows(ray_local, tmp_path):
+    import random
+
+    import pyarrow as pa
+
+    from taskray.scan.synth import make_blob
+
+    good = make_blob("pytest", 0, random.Random(0))
+    src = tmp_path / "src" / "org__nulls"
+    src.mkdir(parents=True)
+    pq.write_table(
+        pa.table(
+            {"path": ["ok", "no-blob", None], "task_binary": [good, None, good]},
+            schema=pa.schema([("path", pa.string()), ("task_binary", pa.binary())]),
+        ),
+        src / "tasks.parquet",
+    )
+    out = str(tmp_path / "o")
+    scan(str(src.parent), out)
+    rows = {r["row"]: r for r in read_catalog(out).to_pylist()}
+    assert rows[0]["error"] is None and rows[0]["has_verifier"]
+    assert (
+        rows[1]["error"] == "task_binary is null"
+        and not rows[1]["has_verifier"]
+        and rows[1]["blob_sha256"] is None
+    )
+    assert rows[2]["error"] == "path is null" and not rows[2]["has_verifier"]
+    manifest = export(out, str(tmp_path / "all"), ["!has_verifier"])  # null rows selected on purpose
+    assert len(manifest["written"]) + len(manifest["failed"]) == 2
+
+
+def test_exports_keep_exec_bits_and_reports_are_readable(ray_local, tmp_path):
+    import io
+    import tarfile
+
+    import pyarrow as pa
+
+    def member(tf, name, data: bytes, mode: int) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), mode
+        tf.addfile(info, io.BytesIO(data))
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        member(tf, "task.toml", b'version = "1.0"\n', 0o644)
+        member(tf, "instruction.md", b"Do it.\n", 0o600)
+        member(tf, "environment/Dockerfile", b"FROM ubuntu:24.04\n", 0o664)  # group-writable in the tar
+        member(tf, "tests/test.sh", b"#!/bin/bash\necho 1 > /logs/verifier/reward.txt\n", 0o755)
+        member(tf, "solution/solve.sh", b"#!/bin/bash\ntrue\n", 0o4777)  # setuid, world-writable
+    src = tmp_path / "src" / "org__modes"
+    src.mkdir(parents=True)
+    pq.write_table(pa.table({"path": ["t"], "task_binary": [buf.getvalue()]}), src / "tasks.parquet")
+    out = tmp_path / "o"
+    old_umask = os.umask(0o022)
+    try:
+        scan(str(src.parent), str(out))
+        export(str(out), str(tmp_path / "h"), ["has_verifier"])
+    finally:
+        os.umask(old_umask)
+    task = tmp_path / "h" / "org__modes" / "t-0"
+    modes = {str(p.relative_to(task)): p.stat().st_mode & 0o7777 for p in task.rglob("*") if p.is_file()}
+    assert modes == {
+        "task.toml": 0o644,
+        "instruction.md": 0o644,
+        "environment/Dockerfile": 0o644,
+        "tests/test.sh": 0o755,
+        "solution/solve.sh": 0o755,
+    }
+    for name in ("summary.json", "report.html", "plan.json", "plots/top_sources.png"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_synth_is_the_same_bytes_whenever_it_runs(tmp_path, monkeypatch):
+    first = synth_corpus(tmp_path / "a", 300, sources=1, seed=2)
+    monkeypatch.setattr(time, "time", lambda: 1_900_000_000.0)  # years later: zip dates must not move
+    second = synth_corpus(tmp_path / "b", 300, sources=1, seed=2)
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -60,7 +61,64 @@ def init_ray(num_cpus: int | None = None) -> None:
             # address="local": always a fresh Ray of our own, never a stray `ray start` left on the machine
             # (set RAY_ADDRESS=auto to use that one on purpose).
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    if not os.environ.get("RAY_ADDRESS"):
+        _reap_when_this_process_dies()
     quiet_ray_data(loud)
+
+
+# A watchdog process, one per local Ray. Every second it notes the processes descended from this one (Ray
+# renames its processes, so their command lines cannot be matched); when its stdin closes (this process
+# exited, even by SIGKILL) it gives Ray a moment to shut down, then kills those still alive. Without it a
+# killed driver's dashboard and runtime-env agents linger for minutes.
+_WATCHDOG = """
+import os, select, signal, sys, time
+root, me, seen = int(sys.argv[1]), os.getpid(), {}
+
+def processes():
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[int(pid)] = (int(fields[1]), fields[19])  # parent, start time
+        except (OSError, IndexError):
+            pass
+    return out
+
+while True:
+    closed = select.select([sys.stdin], [], [], 1.0)[0]
+    procs, family, grew = processes(), {root}, True
+    while grew:
+        new = {pid for pid, (parent, _) in procs.items() if parent in family} - family - {me}
+        family |= new
+        grew = bool(new)
+    seen.update({pid: procs[pid][1] for pid in family - {root}})
+    if closed:
+        break
+time.sleep(2)
+procs = processes()
+for pid, start in seen.items():
+    if pid in procs and procs[pid][1] == start:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+_watchdogs: list[subprocess.Popen] = []
+
+
+def _reap_when_this_process_dies() -> None:
+    if not os.path.isdir("/proc"):
+        return  # not Linux: Ray's own clean-up only
+    _watchdogs.append(
+        subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not in our process group: a Ctrl-C must not end it before us
+        )
+    )
 
 
 @contextlib.contextmanager
@@ -85,4 +143,8 @@ def quiet_ray_data(loud: bool) -> None:
     ctx.enable_progress_bars = loud
     ctx.print_on_execution_start = loud
     ctx.enable_auto_log_stats = False
-    logging.getLogger("ray.data").setLevel(logging.INFO if loud else logging.WARNING)
+    # A worker's own exception (a StorageError, a BadInput naming a corrupt file) reaches the runner as
+    # it was raised, not as Ray Data's generic UserCodeException; the runner reports it in one line and
+    # keeps the traceback in the log file, so Ray Data's own ERROR lines are only for -v.
+    ctx.raise_original_map_exception = True
+    logging.getLogger("ray.data").setLevel(logging.INFO if loud else logging.CRITICAL)

@@ -110,7 +110,7 @@ def run_items(
         cause = _root_cause(err)
         if isinstance(cause, BadInput):
             raise cause from err
-        resume = f"{finished} of {len(items)} items finished and are kept; rerun the same command to resume"
+        resume = f"the run failed, {finished} of {len(items)} items done (kept); rerun the same command to resume"
         if isinstance(cause, TaskrayError):  # e.g. a StorageError raised in a worker: say it as it is
             raise type(cause)(f"{cause}; {resume}") from err
         raise JobFailed(f"an item failed: {type(cause).__name__}: {cause}; {resume}") from err
@@ -121,12 +121,13 @@ def _root_cause(err: BaseException) -> BaseException:
     seen = set()
     while id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, TaskrayError):
+        inner = getattr(err, "cause", None)  # a RayTaskError: the worker's exception is its cause
+        if isinstance(inner, BaseException):
+            err = inner
+        elif isinstance(err, TaskrayError) or err.__cause__ is None:
             return err
-        inner = getattr(err, "cause", None) or err.__cause__
-        if not isinstance(inner, BaseException):
-            return err
-        err = inner
+        else:
+            err = err.__cause__
     return err
 
 

@@ -64,6 +64,25 @@ def _transient(err: BaseException) -> bool:
     return False
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask would, for every thread at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty: something this store does not list (e.g. a hidden file) stays
+
+
 def with_retries(what: str, call: Callable[[], T], seconds: float | None = None) -> T:
     """`call()`, retried with jittered exponential backoff while it fails transiently, for up to `seconds`
     (default RETRY_SECONDS). Gives up with a StorageError naming `what`, the attempts and the time."""
@@ -210,7 +229,9 @@ class Store:
         return Path(self.path(rel)).read_bytes()
 
     # -- writing (atomic) ----------------------------------------------------------------------------
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def write_bytes(self, rel: str, data: bytes, executable: bool = False) -> None:
+        """Write a file atomically. Locally it gets the usual mode under the umask (0644, or 0755 when
+        `executable`): mkstemp's 0600 would hide reports from other users and strip scripts' exec bit."""
         if is_s3(self.url):
             bucket, key = split_s3(self.path(rel))
             with_retries(
@@ -224,6 +245,7 @@ class Store:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                os.fchmod(f.fileno(), (0o777 if executable else 0o666) & ~_umask())
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -266,6 +288,42 @@ class Store:
             )
             return
         Path(self.path(rel)).unlink(missing_ok=True)
+
+    def delete_all(self) -> int:
+        """Remove every file under this store (`--overwrite`); returns how many."""
+        names = list(self.list())
+        if is_s3(self.url):
+            bucket, root = split_s3(self.url)
+            keys = ["/".join(p for p in (root, n) if p) for n in names]
+            for i in range(0, len(keys), 1000):  # DeleteObjects takes up to 1000 keys
+                batch = {"Objects": [{"Key": k} for k in keys[i : i + 1000]]}
+                with_retries(
+                    f"cannot delete under {self.url}",
+                    lambda b=batch: self._s3().delete_objects(Bucket=bucket, Delete=b),
+                )
+            return len(names)
+        for name in names:
+            Path(self.url, name).unlink(missing_ok=True)
+        for folder in sorted((p for p in Path(self.url).rglob("*") if p.is_dir()), reverse=True):
+            if folder.name.startswith(".tmp-"):
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                _rmdir_if_empty(folder)
+        return len(names)
+
+    def check_writable(self, flag: str) -> None:
+        """Refuse, before any work, a local destination that is a file or cannot be written."""
+        if is_s3(self.url):
+            split_s3(self.url)
+            return
+        root = Path(self.url)
+        for parent in (root, *root.parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    raise BadInput(f"{flag} {self.url}: {parent} is a file; expected a folder")
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    raise BadInput(f"{flag} {self.url}: {parent} is not writable by this user")
+                return
 
     def staging_dir(self) -> str:
         """A local folder for files on their way into the store: same filesystem when local, so

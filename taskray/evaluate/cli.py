@@ -7,6 +7,7 @@ import json
 import math
 import time
 
+from taskray.cli import positive
 from taskray.core.console import say
 from taskray.errors import BadInput, JobFailed
 
@@ -29,7 +30,9 @@ def eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per sample (wall clock)")
     parser.add_argument("--memory-mb", type=int, default=512, help="memory per container (swap off)")
     parser.add_argument("--fresh-container", action="store_true", help="a new container for every sample")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (no RAY_ADDRESS)")
+    parser.add_argument(
+        "--num-cpus", type=positive, default=None, help="CPUs of a local Ray (no RAY_ADDRESS)"
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -37,6 +40,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import ray
 
     from taskray.core.raycluster import init_ray
+    from taskray.core.storage import Store
     from taskray.evaluate import humaneval
     from taskray.evaluate.job import (
         evaluate,
@@ -62,9 +66,13 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         samples = humaneval.load_samples(args.samples, problems)
     jobs = make_jobs(problems, samples, args.timeout)
+    Store(args.out).check_writable("--out")
     preflight()
     init_ray(num_cpus=args.num_cpus)
-    workers = args.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if args.workers and args.workers > cpus:  # each worker holds a CPU: the rest would wait forever
+        raise BadInput(f"--workers {args.workers}: the Ray cluster has {cpus} CPUs, one per worker")
+    workers = args.workers or max(1, cpus)
     limits = ContainerLimits(memory_mb=args.memory_mb)
     say(
         "eval",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from taskray.cli import positive
+
 
 def mix_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="mixture spec (YAML)")
@@ -12,7 +14,7 @@ def mix_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="override the spec's seed")
     parser.add_argument(
         "--num-cpus",
-        type=int,
+        type=positive,
         default=None,
         help="CPUs of a local Ray (ignored when RAY_ADDRESS names a cluster)",
     )

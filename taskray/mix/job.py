@@ -106,6 +106,8 @@ def mix(spec: MixSpec, out: str, num_cpus: int | None = None, multipart_mb: floa
     """Build every split of `spec` and export it to `out` (a folder or s3://bucket/prefix); returns the
     manifest. Resumes a crashed export of the same spec; refuses a DEST holding a different one."""
     t0 = time.monotonic()
+    store = Store(out)
+    store.check_writable("--out")
     plans = {name: build_split(name, split, spec.seed) for name, split in spec.splits.items()}
     inputs = {
         name: [{"task": e.name, "source": t.fingerprint()} for e, t in zip(p.entries, p.tasks)]
@@ -120,7 +122,6 @@ def mix(spec: MixSpec, out: str, num_cpus: int | None = None, multipart_mb: floa
         f" ({time.monotonic() - t0:.1f}s)",
     )
 
-    store = Store(out)
     if store.exists("manifest.json"):
         manifest = json.loads(store.read_bytes("manifest.json"))
         if manifest.get("plan_id") == pid:

@@ -19,7 +19,7 @@
       eval:
         tasks: [...]
 
-Relative `path` / `filepath` / `url` arguments are resolved against the spec file's folder.
+Relative `path` / `filepath` arguments are resolved against the spec file's folder.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import yaml
 
 from taskray.errors import BadInput
 
-PATH_ARGS = ("path", "filepath", "url")
+PATH_ARGS = ("path", "filepath")
 TOP_KEYS = {
     "name",
     "seed",

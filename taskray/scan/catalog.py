@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from taskray.core.storage import Store, arrow_filesystem
@@ -79,11 +80,17 @@ _DETECTION_COLUMNS = (
 
 
 def scan_blobs(
-    source: str, shard: str, first_row: int, paths: list[str], blobs: list[bytes]
+    source: str, shard: str, first_row: int, paths: list[str | None], blobs: list[bytes | None]
 ) -> dict[str, list]:
-    """Catalog columns for a batch of rows. Pure: no Ray, no I/O; the same bytes give the same rows."""
-    blobs = [b or b"" for b in blobs]
-    results = [parse_and_detect(b) for b in blobs]
+    """Catalog columns for a batch of rows. Pure: no Ray, no I/O; the same bytes give the same rows.
+
+    A row that cannot be what it claims (a null blob, a null path) is an error row with its reason and
+    no detection: it must never be selected, exported or mixed as a task."""
+    null = [
+        "task_binary is null" if b is None else "path is null" if p is None else None
+        for p, b in zip(paths, blobs)
+    ]
+    results = [parse_and_detect(b"" if why else b) for b, why in zip(blobs, null)]
     parsed = [p for p, _ in results]
     cols: dict[str, list] = {
         "source": [source] * len(blobs),
@@ -92,15 +99,15 @@ def scan_blobs(
         "row": list(range(first_row, first_row + len(blobs))),
         "format": [p.format for p in parsed],
         "compression": [p.compression for p in parsed],
-        "compressed_bytes": [len(b) for b in blobs],
+        "compressed_bytes": [len(b or b"") for b in blobs],
         "raw_bytes": [p.raw_bytes for p in parsed],
         "n_files": [len(p.members) for p in parsed],
         "n_skipped": [len(p.skipped) for p in parsed],
     }
     for name in _DETECTION_COLUMNS:
         cols[name] = [getattr(d, name) for _, d in results]
-    cols["error"] = [p.error for p in parsed]
-    cols["blob_sha256"] = [hashlib.sha256(b).hexdigest() for b in blobs]
+    cols["error"] = [why or p.error for p, why in zip(parsed, null)]
+    cols["blob_sha256"] = [None if b is None else hashlib.sha256(b).hexdigest() for b in blobs]
     return {name: cols[name] for name in CATALOG_SCHEMA.names}
 
 
@@ -118,42 +125,68 @@ def read_catalog(url: str, columns: list[str] | None = None) -> pa.Table:
     """The catalog under a scan's DEST (`DEST/catalog`), or a catalog folder given directly."""
     fs, root = arrow_filesystem(url)
     base = root if root.rstrip("/").endswith("catalog") else f"{root.rstrip('/')}/catalog"
-    return pads.dataset(base, format="parquet", filesystem=fs).to_table(columns=columns)
+    if fs.get_file_info(base).type != pafs.FileType.Directory and not url.startswith("s3://"):
+        raise BadInput(
+            f"{url}: no scan catalog here (expected DEST/catalog/ written by `taskray scan --out DEST`)"
+        )
+    try:
+        return pads.dataset(base, format="parquet", filesystem=fs).to_table(columns=columns)
+    except FileNotFoundError:
+        raise BadInput(
+            f"{url}: no scan catalog here (expected DEST/catalog/ written by `taskray scan --out DEST`)"
+        ) from None
 
 
-def parse_where(expr: str, columns: list[str]) -> pc.Expression:
-    """`has_verifier`, `!has_oracle`, `verifier_kind=pytest`, `verifier_kind!=none`, `n_files>=5`."""
-    m = re.fullmatch(r"\s*(!?)(\w+)\s*(?:(==|=|!=|>=|<=|>|<)\s*(.+?))?\s*", expr)
+_OPS = {
+    "=": "__eq__",
+    "==": "__eq__",
+    "!=": "__ne__",
+    ">=": "__ge__",
+    "<=": "__le__",
+    ">": "__gt__",
+    "<": "__lt__",
+}
+
+
+def parse_where(expr: str, schema: pa.Schema) -> pc.Expression:
+    """`has_verifier`, `!has_oracle`, `verifier_kind=pytest`, `verifier_kind!=none`, `n_files>=5`.
+
+    The value is checked against the column's type here, so a typo is one clear line, not an Arrow error."""
+    columns = schema.names
+    m = re.fullmatch(r"\s*(!?)(\w+)\s*(?:(==|=|!=|>=|<=|>|<)\s*([^=<>!].*?))?\s*", expr)
     if not m or m.group(2) not in columns:
         raise BadInput(
             f"--where {expr!r}: expected COLUMN, !COLUMN or COLUMN<op>VALUE with a catalog column "
             f"({', '.join(columns)})"
         )
-    neg, col, op, value = m.groups()
+    neg, col, op, text = m.groups()
+    kind = schema.field(col).type
     field = pc.field(col)
     if op is None:
+        if kind != pa.bool_():
+            raise BadInput(f"--where {expr!r}: {col} is not true/false; compare it, like {col}=VALUE")
         return ~field if neg else field
+    if neg:
+        raise BadInput(f"--where {expr!r}: '!' goes with a bare true/false column, not a comparison")
+    if pa.types.is_list(kind):
+        raise BadInput(f"--where {expr!r}: {col} is a list; only scalar columns can be compared")
+    value: object = text
     try:
-        parsed: object = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    ops = {
-        "=": field.__eq__,
-        "==": field.__eq__,
-        "!=": field.__ne__,
-        ">=": field.__ge__,
-        "<=": field.__le__,
-        ">": field.__gt__,
-        "<": field.__lt__,
-    }
-    return ops[op](parsed)
+        if pa.types.is_boolean(kind):
+            value = {"true": True, "false": False}[text.lower()]
+        elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
+            value = float(text) if pa.types.is_floating(kind) else int(text)
+    except (KeyError, ValueError):
+        expected = "true or false" if pa.types.is_boolean(kind) else f"a number ({kind})"
+        raise BadInput(f"--where {expr!r}: {text!r} is not a value of {col}; expected {expected}") from None
+    return getattr(field, _OPS[op])(value)
 
 
 def select(catalog_url: str, where: list[str] = (), source_filter: str | None = None) -> pa.Table:
     """Catalog rows matching every `where` expression and the source regex, in catalog order."""
     table = read_catalog(catalog_url)
     for expr in where:
-        table = table.filter(parse_where(expr, table.column_names))
+        table = table.filter(parse_where(expr, table.schema))
     if source_filter:
         pattern = re.compile(source_filter)
         keep = [bool(pattern.search(s)) for s in table["source"].to_pylist()]
@@ -161,12 +194,23 @@ def select(catalog_url: str, where: list[str] = (), source_filter: str | None = 
     return table.sort_by([("source", "ascending"), ("shard", "ascending"), ("row", "ascending")])
 
 
-def fetch_blobs(shard_url: str, rows: list[int]) -> dict[int, tuple[str, bytes]]:
-    """(path, blob) for the given row numbers of one input file, reading only their row groups."""
+def fetch_blobs(
+    shard_url: str, rows: list[int], sha256: dict[int, str] | None = None
+) -> dict[int, tuple[str, bytes]]:
+    """(path, blob) for the given row numbers of one input file, reading only their row groups.
+
+    With `sha256` (row -> the catalog's `blob_sha256`), every blob is checked against what the scan
+    saw: a catalog never hands out a blob that changed since."""
     wanted = sorted(set(rows))
     fs, path = arrow_filesystem(shard_url)
     out: dict[int, tuple[str, bytes]] = {}
-    with fs.open_input_file(path) as f:
+    try:
+        f = fs.open_input_file(path)
+    except FileNotFoundError:
+        raise BadInput(
+            f"{shard_url}: the input file of this catalog is gone (moved since the scan?)"
+        ) from None
+    with f:
         pf = pq.ParquetFile(f)
         start = 0
         i = 0
@@ -184,6 +228,12 @@ def fetch_blobs(shard_url: str, rows: list[int]) -> dict[int, tuple[str, bytes]]
     missing = set(wanted) - set(out)
     if missing:
         raise BadInput(f"{shard_url}: rows {sorted(missing)[:5]} are not there any more (input changed?)")
+    for r, expected in (sha256 or {}).items():
+        if expected is not None and hashlib.sha256(out[r][1]).hexdigest() != expected:
+            raise BadInput(
+                f"{shard_url} row {r}: the blob differs from the one the catalog scanned (the input changed "
+                "since the scan); rescan it with `taskray scan ... --rescan`"
+            )
     return out
 
 
@@ -213,7 +263,10 @@ class Catalog:
         rows = table.take(picks).to_pylist()
         blobs = {}
         for shard in {r["shard"] for r in rows}:  # one read per shard, not per row
-            blobs[shard] = fetch_blobs(shard, [r["row"] for r in rows if r["shard"] == shard])
+            mine = [r for r in rows if r["shard"] == shard]
+            blobs[shard] = fetch_blobs(
+                shard, [r["row"] for r in mine], {r["row"]: r["blob_sha256"] for r in mine}
+            )
         for row in rows:
             parsed = parse_blob(blobs[row["shard"]][row["row"]][1])
             row["instruction"] = _instruction(parsed)
@@ -273,7 +326,7 @@ def read_tasks(url: str, verified_only: bool = True, source_filter: str | None =
         for row in table.to_pylist():
             by_shard.setdefault(row["shard"], []).append(row)
         for shard, rows in by_shard.items():
-            blobs = fetch_blobs(shard, [r["row"] for r in rows])
+            blobs = fetch_blobs(shard, [r["row"] for r in rows], {r["row"]: r["blob_sha256"] for r in rows})
             for row in rows:
                 path, blob = blobs[row["row"]]
                 yield {**row, "instruction": _instruction(parse_blob(blob))}
@@ -281,6 +334,8 @@ def read_tasks(url: str, verified_only: bool = True, source_filter: str | None =
     for shard in list_shards(url, source_filter):
         for paths, blobs in iter_task_batches(shard.url):
             for p, blob in zip(paths, blobs):
+                if p is None or blob is None:  # not a task (a scan makes these error rows)
+                    continue
                 task = _task_row(shard.source, p, blob)
                 if task["has_verifier"] or not verified_only:
                     yield task

@@ -6,6 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
+from taskray.cli import positive
 from taskray.errors import BadInput
 from taskray.scan.job import ROWS_PER_PIECE
 from taskray.scan.sources import HUB_DATASET
@@ -44,16 +45,19 @@ def scan_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="taskray-out/scan", help="local folder or s3://bucket/prefix")
     parser.add_argument("--source-filter", default=None, help="regex on the source (folder) name")
-    parser.add_argument("--limit", type=int, default=None, help="scan at most N tasks")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
-    parser.add_argument("--rows-per-piece", type=int, default=ROWS_PER_PIECE, help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=positive, default=None, help="scan at most N tasks")
+    parser.add_argument("--num-cpus", type=positive, default=None, help="CPUs for a local Ray (default: all)")
+    parser.add_argument(
+        "--rescan",
+        action="store_true",
+        help="input files changed since the scan in --out began: scan them again",
+    )
+    parser.add_argument("--rows-per-piece", type=positive, default=ROWS_PER_PIECE, help=argparse.SUPPRESS)
 
 
 def run_scan(args: argparse.Namespace) -> int:
     from taskray.scan.job import scan
 
-    if args.limit is not None and args.limit < 1:
-        raise BadInput(f"--limit {args.limit}: must be >= 1")
     source = args.source or builtin_sample()
     result = scan(
         source,
@@ -62,6 +66,7 @@ def run_scan(args: argparse.Namespace) -> int:
         args.limit,
         args.num_cpus,
         args.rows_per_piece,
+        rescan=args.rescan,
     )
     s = result.summary.get("total", {})
     print(
@@ -85,7 +90,8 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--source-filter", default=None, help="regex on the source name")
     parser.add_argument("--as", dest="fmt", choices=EXPORT_FORMATS, default="harbor")
-    parser.add_argument("--num-cpus", type=int, default=None)
+    parser.add_argument("--overwrite", action="store_true", help="empty OUT first if it holds something else")
+    parser.add_argument("--num-cpus", type=positive, default=None)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -98,6 +104,7 @@ def run_export(args: argparse.Namespace) -> int:
         _regex(args.source_filter, "--source-filter"),
         args.fmt,
         args.num_cpus,
+        overwrite=args.overwrite,
     )
     print(
         f"exported {len(manifest['written']):,} {'shards' if args.fmt == 'tasktrove' else 'tasks'} "

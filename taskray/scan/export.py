@@ -15,7 +15,10 @@ writes its own outputs:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
+import zipfile
 from collections import defaultdict
 
 import pyarrow as pa
@@ -25,8 +28,17 @@ from taskray.core.console import say
 from taskray.core.runner import finished_items, mark_complete, run_items
 from taskray.core.storage import Store
 from taskray.errors import BadInput
-from taskray.scan.blob import BlobLimits, decompress, normalise_join, parse_blob, want_all
-from taskray.scan.catalog import fetch_blobs, select
+from taskray.scan.blob import (
+    BlobLimits,
+    _single_root,
+    decompress,
+    looks_like_tar,
+    normalise_join,
+    parse_blob,
+    safe_name,
+    want_all,
+)
+from taskray.scan.catalog import fetch_blobs, is_scan_output, require_finished_scan, select
 from taskray.scan.sources import TASKTROVE_SCHEMA, safe_part, shard_key
 
 EXPORT_FORMATS = ("harbor", "tasktrove")
@@ -37,7 +49,7 @@ _PAYLOAD_NAME = {"json": "task.json", "jsonl": "task.jsonl", "text": "task.txt",
 
 def task_folder_name(path: str, row: int) -> str:
     """A filesystem-safe, unique folder name for a task (paths may repeat or hold odd characters)."""
-    return f"{safe_part(path)[:120]}-{row}"
+    return f"{safe_part(path or '')[:120]}-{row}"
 
 
 def harbor_files(blob: bytes) -> dict[str, bytes]:
@@ -54,10 +66,27 @@ def _payload(blob: bytes) -> bytes:
     return decompress(blob, EXPORT_LIMITS)[0]
 
 
+def executable_members(blob: bytes) -> set[str]:
+    """Names (as `harbor_files` gives them) of the members the archive marks executable: test.sh and
+    solve.sh must stay runnable. Only the exec bits are carried over: never setuid, never group- or
+    other-writable (the file gets 0755 or 0644 under the usual umask)."""
+    buf = decompress(blob, EXPORT_LIMITS)[0]
+    modes: dict[str, int] = {}
+    if buf[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        with zipfile.ZipFile(io.BytesIO(buf)) as zf:
+            modes = {i.filename: i.external_attr >> 16 for i in zf.infolist() if not i.is_dir()}
+    elif looks_like_tar(buf):
+        with tarfile.open(fileobj=io.BytesIO(buf), mode="r:") as tf:
+            modes = {m.name: m.mode for m in tf.getmembers() if m.isreg()}
+    named = {safe_name(n): mode for n, mode in modes.items() if safe_name(n)}
+    root = _single_root(dict.fromkeys(named, 0))
+    return {n[len(root) :] for n, mode in named.items() if mode & 0o111}
+
+
 def export_shard(item: dict, out_url: str, fmt: str) -> dict:
     """Export the selected rows of one input shard; returns what was written."""
     store = Store(out_url)
-    blobs = fetch_blobs(item["shard"], item["rows"])
+    blobs = fetch_blobs(item["shard"], item["rows"], dict(zip(item["rows"], item["sha256"])))
     written, failed = [], []
     if fmt == "tasktrove":
         rel = f"{safe_part(item['source'])}/{shard_key(item['shard'], item['source'])}.parquet"
@@ -72,12 +101,13 @@ def export_shard(item: dict, out_url: str, fmt: str) -> dict:
         folder = f"{safe_part(item['source'])}/{task_folder_name(path, r)}"
         try:
             files = harbor_files(blob)
-        except ValueError as e:
+            runnable = executable_members(blob)
+        except (ValueError, tarfile.TarError, zipfile.BadZipFile) as e:
             failed.append(f"{path}: {e}")
             continue
         for name, data in sorted(files.items()):
             normalise_join(folder, name)  # belt and braces: refuses anything that would leave the folder
-            store.write_bytes(f"{folder}/{name}", data)
+            store.write_bytes(f"{folder}/{name}", data, executable=name in runnable)
         written.append(folder)
     return {"written": written, "failed": failed}
 
@@ -99,27 +129,47 @@ def export(
     source_filter: str | None = None,
     fmt: str = "harbor",
     num_cpus: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Write the selected tasks to OUT; returns the manifest that is also written as OUT/export.json."""
+    """Write the selected tasks to OUT; returns the manifest that is also written as OUT/export.json.
+
+    Reads only finished scans. OUT must be empty or hold this same export (which is then resumed);
+    `overwrite` empties it first."""
     from taskray.core.raycluster import init_ray
 
     if fmt not in EXPORT_FORMATS:
         raise BadInput(f"--as {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+    if not is_scan_output(catalog_url):
+        raise BadInput(
+            f"{catalog_url}: not a scan's output (no plan.json); expected `taskray scan --out` DEST"
+        )
+    require_finished_scan(catalog_url)
+    store = Store(out)
+    store.check_writable("OUT")
     table = select(catalog_url, list(where), source_filter)
+    if table.num_rows == 0:
+        say("export", f"warning: no task matches {' and '.join(where) or 'the selection'} in {catalog_url}")
     by_shard: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for source, shard, row in zip(
-        table["source"].to_pylist(), table["shard"].to_pylist(), table["row"].to_pylist()
+    sha: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for source, shard, row, digest in zip(
+        *(table[c].to_pylist() for c in ("source", "shard", "row", "blob_sha256"))
     ):
         by_shard[(source, shard)].append(row)
+        sha[(source, shard)].append(digest)
     items = {
-        f"{safe_part(s)}/{shard_key(sh, s)}": {"source": s, "shard": sh, "rows": rows}
+        f"{safe_part(s)}/{shard_key(sh, s)}": {"source": s, "shard": sh, "rows": rows, "sha256": sha[(s, sh)]}
         for (s, sh), rows in sorted(by_shard.items())
     }
     say("export", f"{table.num_rows:,} tasks from {len(items)} shards -> {out} as {fmt}")
-    store = Store(out)
     plan = {"catalog": catalog_url, "where": list(where), "source_filter": source_filter, "format": fmt}
     plan_id = hashlib.sha256(json.dumps({**plan, "items": items}, sort_keys=True).encode()).hexdigest()
+    if overwrite:
+        say("export", f"--overwrite: removed {store.delete_all()} files from {out}")
     done = finished_items(store, plan_id)
+    if not done and next(iter(store.list()), None) is not None:
+        raise BadInput(
+            f"OUT {out} is not empty and holds no part of this export; use an empty folder, or --overwrite"
+        )
     store.delete("export.json")  # present only once this export is complete
     todo = {k: v for k, v in items.items() if k not in done}
     if todo:

@@ -28,11 +28,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from taskray.core.console import Progress, say
-from taskray.core.runner import finished_items, run_items
-from taskray.core.storage import Store, arrow_filesystem
+from taskray.core.runner import finished_items, receipt_name, run_items
+from taskray.core.storage import Store
 from taskray.errors import BadInput
 from taskray.scan.catalog import CATALOG_SCHEMA, scan_blobs
-from taskray.scan.sources import iter_task_batches, list_shards, safe_part, shard_key
+from taskray.scan.sources import (
+    InputFile,
+    Shard,
+    iter_task_batches,
+    list_shards,
+    read_input,
+    safe_part,
+    shard_key,
+)
 
 ROWS_PER_PIECE = 20_000
 BATCH_ROWS = 256  # blobs held in memory at once per worker
@@ -52,22 +60,21 @@ class Piece:
         return self.stop - self.start
 
 
-def _row_group_sizes(url: str) -> list[int]:
-    fs, path = arrow_filesystem(url)
-    try:
-        with fs.open_input_file(path) as f:
-            meta = pq.ParquetFile(f).metadata
-    except pa.ArrowInvalid as e:
-        raise BadInput(f"{url}: not a readable parquet file ({e})") from None
-    return [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)]
-
-
-def plan_pieces(shards, limit: int | None = None, rows_per_piece: int = ROWS_PER_PIECE) -> list[Piece]:
-    """Split every shard into runs of whole row groups of about `rows_per_piece` rows.
-
-    Footers are read in parallel: on the Hub or S3 each one is a round trip, and there are hundreds."""
+def read_inputs(shards: list[Shard]) -> list[InputFile]:
+    """Every shard's footer, schema check and identity, before Ray starts. In parallel: on the Hub or S3
+    each one is a round trip, and there are hundreds."""
     with ThreadPoolExecutor(max_workers=16) as pool:
-        sizes = list(pool.map(_row_group_sizes, [s.url for s in shards]))
+        return list(pool.map(read_input, [s.url for s in shards]))
+
+
+def plan_pieces(
+    shards: list[Shard],
+    inputs: list[InputFile],
+    limit: int | None = None,
+    rows_per_piece: int = ROWS_PER_PIECE,
+) -> list[Piece]:
+    """Split every shard into runs of whole row groups of about `rows_per_piece` rows."""
+    sizes = [list(f.row_groups) for f in inputs]
     pieces: list[Piece] = []
     remaining = limit if limit is not None else float("inf")
     for shard, row_groups in zip(shards, sizes):
@@ -107,7 +114,7 @@ def scan_piece(item: dict, out_url: str) -> dict:
         if take <= 0:
             break
         paths, blobs = paths[:take], blobs[:take]
-        compressed += sum(len(b) for b in blobs)
+        compressed += sum(len(b or b"") for b in blobs)
         parts.append(
             pa.table(scan_blobs(piece.source, piece.shard, row, paths, blobs), schema=CATALOG_SCHEMA)
         )
@@ -148,24 +155,61 @@ class ScanResult:
     summary: dict
 
 
-def _plan_record(source: str, pieces: list[Piece]) -> dict:
+PLAN_VERSION = 2
+
+
+def _plan_record(source: str, options: dict, inputs: list[InputFile], pieces: list[Piece]) -> dict:
     return {
-        "version": 1,
+        "version": PLAN_VERSION,
         "source": source,
+        "options": options,
+        "inputs": {f.url: f.identity() for f in inputs},
         "pieces": [{**asdict(p), "row_groups": list(p.row_groups)} for p in pieces],
     }
 
 
-def _check_plan(store: Store, plan: dict) -> None:
-    if store.exists("plan.json"):
-        old = json.loads(store.read_bytes("plan.json"))
-        if old.get("pieces") != plan["pieces"]:
-            raise BadInput(
-                f"--out {store.url} already holds a scan of different inputs (SOURCE, --source-filter or "
-                "--limit changed, or the shards did); use another --out, or delete it to start over"
-            )
-        return
-    store.write_bytes("plan.json", json.dumps(plan, indent=1).encode())
+def _check_plan(store: Store, plan: dict, rescan: bool) -> list[str]:
+    """Compare with the plan a scan in DEST started from. Returns the input files whose outputs must be
+    dropped and scanned again (only with `rescan`); refuses anything else that differs."""
+    if not store.exists("plan.json"):
+        return []
+    old = json.loads(store.read_bytes("plan.json"))
+    if old.get("version") != PLAN_VERSION or (old["source"], old["options"]) != (
+        plan["source"],
+        plan["options"],
+    ):
+        raise BadInput(
+            f"--out {store.url} already holds a scan of other inputs (SOURCE, --source-filter, --limit or "
+            "a taskray version changed); use another --out, or delete it to start over"
+        )
+    changed = sorted(
+        url for url in {*old["inputs"], *plan["inputs"]} if old["inputs"].get(url) != plan["inputs"].get(url)
+    )
+    if changed and not rescan:
+        what = (
+            "is new"
+            if changed[0] not in old["inputs"]
+            else ("is gone" if changed[0] not in plan["inputs"] else "changed (size, time or content)")
+        )
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise BadInput(
+            f"{changed[0]} {what} since the scan in {store.url} began{more}; rerun with --rescan to scan "
+            "the changed files again, or use another --out"
+        )
+    return changed
+
+
+def _drop_stale_pieces(store: Store, old_plan: dict, new_plan: dict, changed: list[str]) -> int:
+    """Delete the pieces (and receipts) of the earlier plan that the new one does not have as they
+    were: those of changed files, and any that moved (a --limit reaching further or less far)."""
+    keep = {json.dumps(p, sort_keys=True) for p in new_plan["pieces"] if p["shard"] not in changed}
+    dropped = 0
+    for piece in old_plan["pieces"]:
+        if json.dumps(piece, sort_keys=True) not in keep:
+            store.delete(piece["out"])
+            store.delete(receipt_name(piece["out"]))
+            dropped += 1
+    return dropped
 
 
 def _clean_staging(store: Store) -> None:
@@ -184,18 +228,31 @@ def scan(
     num_cpus: int | None = None,
     rows_per_piece: int = ROWS_PER_PIECE,
     report: bool = True,
+    rescan: bool = False,
 ) -> ScanResult:
-    """Scan SOURCE into OUT (catalog/, summary.json, report.html). Resumable; see the module docstring."""
+    """Scan SOURCE into OUT (catalog/, summary.json, report.html). Resumable; see the module docstring.
+
+    A rerun whose input files changed since the scan in OUT began is refused, naming the file; with
+    `rescan` the outputs of the changed files are dropped and those files scanned again."""
     from taskray.core.raycluster import init_ray
 
     started = time.perf_counter()
-    shards = list_shards(source, source_filter)
-    pieces = plan_pieces(shards, limit, rows_per_piece)
     store = Store(out)
-    plan = _plan_record(source, pieces)
-    _check_plan(store, plan)
+    store.check_writable("--out")
+    shards = list_shards(source, source_filter)
+    inputs = read_inputs(shards)
+    pieces = plan_pieces(shards, inputs, limit, rows_per_piece)
+    options = {"source_filter": source_filter, "limit": limit, "rows_per_piece": rows_per_piece}
+    plan = _plan_record(source, options, inputs, pieces)
+    changed = _check_plan(store, plan, rescan)
+    if changed:
+        dropped = _drop_stale_pieces(store, json.loads(store.read_bytes("plan.json")), plan, changed)
+        say("scan", f"--rescan: {len(changed)} input files changed; dropped {dropped} pieces to scan again")
+    if changed or not store.exists("plan.json"):
+        store.write_bytes("plan.json", json.dumps(plan, indent=1).encode())
     _clean_staging(store)
-    plan_id = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    # What decides a piece's bytes is the piece itself (its input file's identity is checked above).
+    plan_id = hashlib.sha256(json.dumps([PLAN_VERSION, source, options], sort_keys=True).encode()).hexdigest()
     done = finished_items(store, plan_id)
     todo = {p.out: {**asdict(p), "row_groups": list(p.row_groups)} for p in pieces if p.out not in done}
     total_rows = sum(p.rows for p in pieces)
@@ -204,6 +261,8 @@ def scan(
         f"{len(shards)} shards, {len(pieces)} pieces, {total_rows:,} tasks; "
         f"{len(pieces) - len(todo)} pieces already done",
     )
+    if todo:
+        store.delete("summary.json")  # the catalog is about to change: no longer a finished scan
     rows = 0
     if todo:
         init_ray(num_cpus)

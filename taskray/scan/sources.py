@@ -7,6 +7,7 @@ get the exact file URLs.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,9 +18,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from taskray.core.storage import arrow_filesystem
+from taskray.errors import BadInput, StorageError, one_line
 
 HUB_DATASET = "open-thoughts/TaskTrove"
 TASKTROVE_SCHEMA = pa.schema([("path", pa.string()), ("task_binary", pa.binary())])
+_DENIED = re.compile(r"ACCESS_DENIED|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|\b40[13]\b")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -30,18 +33,91 @@ class Shard:
     size: int
 
 
+EXPECTED_SCHEMA = "path: string, task_binary: binary (large_string / large_binary too)"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """What a scan read from one shard: enough to tell, on a rerun, whether the file is still the same."""
+
+    url: str
+    size: int
+    mtime_ns: int | None  # None where the filesystem has no modification time (the Hub)
+    rows: int
+    row_groups: tuple[int, ...]  # rows per row group
+    footer_sha256: str  # the Parquet footer: row group offsets, sizes and statistics
+
+    def identity(self) -> dict:
+        return {
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "rows": self.rows,
+            "footer_sha256": self.footer_sha256,
+        }
+
+
+def read_input(url: str) -> InputFile:
+    """Check one shard against the TaskTrove schema and record its identity; reads only the footer."""
+    fs, path = arrow_filesystem(url)
+    info = fs.get_file_info(path)
+    try:
+        with fs.open_input_file(path) as f:
+            size = f.size()
+            if size < 12:
+                raise pa.ArrowInvalid(f"{size} bytes")
+            f.seek(size - 8)
+            footer_len = int.from_bytes(f.read(4), "little")
+            f.seek(max(0, size - 8 - footer_len))
+            footer = f.read(footer_len)
+            pf = pq.ParquetFile(f)
+            schema, meta = pf.schema_arrow, pf.metadata
+    except (pa.ArrowInvalid, OSError) as e:
+        raise BadInput(f"{url}: not a readable parquet file ({one_line(e, 200)})") from None
+    check_schema(url, schema)
+    return InputFile(
+        url=url,
+        size=size,
+        mtime_ns=info.mtime_ns,
+        rows=meta.num_rows,
+        row_groups=tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups)),
+        footer_sha256=hashlib.sha256(footer).hexdigest(),
+    )
+
+
+def check_schema(url: str, schema: pa.Schema) -> None:
+    problems = []
+    for name, ok in (
+        ("path", (pa.string(), pa.large_string())),
+        ("task_binary", (pa.binary(), pa.large_binary())),
+    ):
+        if name not in schema.names:
+            problems.append(f"no column {name!r}")
+        elif schema.field(name).type not in ok:
+            problems.append(f"{name} is {schema.field(name).type}")
+    if problems:
+        raise BadInput(f"{url}: {'; '.join(problems)}; a TaskTrove shard has {EXPECTED_SCHEMA}")
+
+
 def iter_task_batches(
     url: str, row_groups: list[int] | None = None, batch_rows: int = 256
-) -> Iterator[tuple[list[str], list[bytes]]]:
+) -> Iterator[tuple[list[str | None], list[bytes | None]]]:
     """(paths, blobs) in batches of `batch_rows` from one TaskTrove shard: at most one batch of blobs is
-    in memory at a time."""
+    in memory at a time. Nulls stay None (the catalog makes them error rows). A file that cannot be read
+    to the end (a corrupt page) is bad input, named."""
     fs, path = arrow_filesystem(url)
-    with fs.open_input_file(path) as f:
-        batches = pq.ParquetFile(f).iter_batches(
-            batch_size=batch_rows, row_groups=row_groups, columns=["path", "task_binary"]
-        )
-        for batch in batches:
-            yield batch.column(0).to_pylist(), [b or b"" for b in batch.column(1).to_pylist()]
+    try:
+        with fs.open_input_file(path) as f:
+            batches = pq.ParquetFile(f).iter_batches(
+                batch_size=batch_rows, row_groups=row_groups, columns=["path", "task_binary"]
+            )
+            for batch in batches:
+                yield batch.column(0).to_pylist(), batch.column(1).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise BadInput(f"{url}: the input file is gone (was it moved since the scan?)") from None
+        raise BadInput(
+            f"{url}: cannot be read ({one_line(e, 200)}); expected a TaskTrove shard with {EXPECTED_SCHEMA}"
+        ) from None
 
 
 def safe_part(text: str) -> str:
@@ -62,22 +138,35 @@ def normalise_source(source: str) -> str:
         return source
     if _HUB_ID.match(source):
         return f"hf://datasets/{source}"
-    raise FileNotFoundError(f"SOURCE {source!r}: no such folder, and not a Hub id (org/name) or URL")
+    raise BadInput(f"SOURCE {source!r}: no such folder, and not a Hub id (org/name) or URL")
 
 
 def list_shards(source: str, source_filter: str | None = None) -> list[Shard]:
     """All `*.parquet` files under SOURCE, sorted, each with the source (folder) name it belongs to."""
     url = normalise_source(source)
     fs, root = arrow_filesystem(url)
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"SOURCE {source!r}: {root} does not exist")
-    if info.type == pafs.FileType.File:
-        files = [info]
-        base = root.rsplit("/", 2)[0] if root.count("/") >= 2 else ""
-    else:
-        files = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-        base = root
+    try:
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.NotFound:
+            raise BadInput(f"SOURCE {source!r}: {root} does not exist")
+        if info.type == pafs.FileType.File:
+            files = [info]
+            base = root.rsplit("/", 2)[0] if root.count("/") >= 2 else ""
+        else:
+            files = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+            base = root
+    except (BadInput, PermissionError):
+        raise
+    except Exception as e:  # the Hub or S3 unreachable, offline, denied: one line, not a traceback
+        if _DENIED.search(str(e)):
+            raise BadInput(
+                f"SOURCE {source!r}: access denied ({one_line(e, 160)}); check the credentials "
+                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE, or HF_TOKEN)"
+            ) from e
+        where = "the Hugging Face Hub" if url.startswith("hf://") else url.split("/")[0] + "//"
+        raise StorageError(
+            f"SOURCE {source!r}: cannot list it on {where} ({type(e).__name__}: {one_line(e, 200)})"
+        ) from e
     pattern = re.compile(source_filter) if source_filter else None
     shards = []
     prefix = url.split("://", 1)[0] + "://" if "://" in url else ""
@@ -93,5 +182,5 @@ def list_shards(source: str, source_filter: str | None = None) -> list[Shard]:
         shards.append(Shard(source_name, prefix + f.path if prefix else f.path, f.size or 0))
     if not shards:
         what = f" matching --source-filter {source_filter!r}" if source_filter else ""
-        raise FileNotFoundError(f"SOURCE {source!r}: no parquet shards{what} under {root}")
+        raise BadInput(f"SOURCE {source!r}: no parquet shards{what} under {root}")
     return sorted(shards, key=lambda s: (s.source, s.url))

@@ -22,20 +22,20 @@ class TaskTrove(Task):
     name = "tasktrove"
     eval_type = "generative"
 
-    def __init__(self, url: str, source_filter: str | None = None, verified_only: bool = True, **kwargs):
+    def __init__(self, path: str, source_filter: str | None = None, verified_only: bool = True, **kwargs):
         super().__init__(**kwargs)
         from taskray.scan.catalog import read_tasks
 
         rows = []
-        for task in read_tasks(url, verified_only=verified_only, source_filter=source_filter):
+        for task in read_tasks(path, verified_only=verified_only, source_filter=source_filter):
             if not isinstance(task.get("instruction"), str) or not task["instruction"].strip():
-                raise ValueError(f"{url}: task {task.get('source')}/{task.get('path')} has no instruction")
+                raise ValueError(f"{path}: task {task.get('source')}/{task.get('path')} has no instruction")
             rows.append({k: v for k, v in task.items() if _plain(v)})
         # catalogs list tasks in no promised order: sort, so row i is the same task on every run
         self.rows = sorted(rows, key=lambda r: (str(r.get("source")), str(r.get("path"))))
         digest = hashlib.sha256(json.dumps(self.rows, sort_keys=True, default=str).encode()).hexdigest()
         self.source = {
-            "tasktrove": url,
+            "tasktrove": path,
             "source_filter": source_filter,
             "verified_only": verified_only,
             "tasks": len(self.rows),
