@@ -27,6 +27,10 @@ COMMANDS = {
         "export tasks selected from a catalog as Harbor folders or TaskTrove shards",
     ),
     "synth": ("taskray.scan.cli", "generate a deterministic synthetic TaskTrove corpus"),
+    "verify": (
+        "taskray.verify.cli",
+        "run each task's own verifier in Docker on Ray: oracle must pass, null must fail",
+    ),
     "eval": ("taskray.evaluate.cli", "evaluate HumanEval-style samples in Docker sandboxes on Ray actors"),
     "sandbox": ("taskray.sandbox.cli", "build, check and clean the Docker sandbox"),
     "mix": ("taskray.mix.cli", "build a deterministic TaskMixture from a YAML spec and export it"),

@@ -227,3 +227,15 @@ def test_mix_arguments(tmp_path, finished_scan):
 
 def test_synth_arguments(tmp_path):
     one_line(taskray("synth", tmp_path / "c", "--sources", "0", cwd=tmp_path), 2, "--sources")
+
+
+def test_verify_arguments(tmp_path, finished_scan):
+    one_line(
+        taskray("verify", tmp_path / "nope", "--out", tmp_path / "o", cwd=tmp_path), 2, "nope", "not a scan"
+    )
+    one_line(
+        taskray("verify", finished_scan, "--base-map", "ubuntu", cwd=tmp_path), 2, "--base-map", "FROM_IMAGE="
+    )
+    one_line(taskray("verify", finished_scan, "--network", "lan", cwd=tmp_path), 2, "--network")
+    one_line(taskray("verify", finished_scan, "--where", "cpus>x", cwd=tmp_path), 2, "--where")
+    assert not (tmp_path / "o").exists()

@@ -32,6 +32,8 @@ PURE = [
     "taskray.mix.split",
     "taskray.tasks.mixture",
     "taskray.tasks.common",
+    "taskray.verify.task",
+    "taskray.verify.rewards",
     "taskray.errors",
 ]
 
@@ -110,7 +112,7 @@ def test_pure_modules_need_no_ray_or_docker():
 
 
 def test_every_job_has_a_package_and_an_entrypoint():
-    for job, command in (("scan", "scan"), ("evaluate", "eval"), ("mix", "mix")):
+    for job, command in (("scan", "scan"), ("evaluate", "eval"), ("mix", "mix"), ("verify", "verify")):
         assert (PACKAGE / job / "job.py").is_file() and (PACKAGE / job / "cli.py").is_file()
         entry = (ROOT / "jobs" / f"{job}.py").read_text()
         assert f'run("{command}")' in entry

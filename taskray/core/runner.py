@@ -110,7 +110,9 @@ def run_items(
         cause = _root_cause(err)
         if isinstance(cause, BadInput):
             raise cause from err
-        resume = f"the run failed, {finished} of {len(items)} items done (kept); rerun the same command to resume"
+        resume = (
+            f"the run failed, {finished} of {len(items)} items done (kept); rerun the same command to resume"
+        )
         if isinstance(cause, TaskrayError):  # e.g. a StorageError raised in a worker: say it as it is
             raise type(cause)(f"{cause}; {resume}") from err
         raise JobFailed(f"an item failed: {type(cause).__name__}: {cause}; {resume}") from err

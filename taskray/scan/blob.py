@@ -27,6 +27,7 @@ import json
 import lzma
 import posixpath
 import struct
+import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -444,6 +445,23 @@ def parse_blob(
     except Exception as e:  # a parser bug must not take a worker down with a whole shard
         parsed.error = f"unexpected {type(e).__name__}: {e}"
     return parsed
+
+
+def executable_members(blob: bytes, limits: BlobLimits = DEFAULT_LIMITS) -> set[str]:
+    """Names (as `parse_blob` gives them) of the members the archive marks executable, so an extracted
+    test.sh or solve.sh stays runnable. Python's tarfile reads the modes: this runs per exported or
+    verified task, not per scanned one."""
+    buf = decompress(blob, limits)[0]
+    modes: dict[str, int] = {}
+    if buf[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        with zipfile.ZipFile(io.BytesIO(buf)) as zf:
+            modes = {i.filename: i.external_attr >> 16 for i in zf.infolist() if not i.is_dir()}
+    elif looks_like_tar(buf):
+        with tarfile.open(fileobj=io.BytesIO(buf), mode="r:") as tf:
+            modes = {m.name: m.mode for m in tf.getmembers() if m.isreg()}
+    named = {safe_name(n): mode for n, mode in modes.items() if safe_name(n)}
+    root = _single_root(dict.fromkeys(named, 0))
+    return {n[len(root) :] for n, mode in named.items() if mode & 0o111}
 
 
 def normalise_join(root: str, name: str) -> str:

@@ -279,6 +279,12 @@ class Catalog:
 
         return export(self.dest, out, **options)
 
+    def verify(self, out: str, **options) -> dict:
+        """`taskray verify` of this catalog; options as `taskray.verify.job.verify` takes them."""
+        from taskray.verify.job import verify
+
+        return verify(self.dest, out, **options)
+
 
 def _instruction(parsed) -> str:
     text = parsed.text("instruction.md")

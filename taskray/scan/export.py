@@ -15,7 +15,6 @@ writes its own outputs:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 import zipfile
@@ -28,16 +27,7 @@ from taskray.core.console import say
 from taskray.core.runner import finished_items, mark_complete, run_items
 from taskray.core.storage import Store
 from taskray.errors import BadInput
-from taskray.scan.blob import (
-    BlobLimits,
-    _single_root,
-    decompress,
-    looks_like_tar,
-    normalise_join,
-    parse_blob,
-    safe_name,
-    want_all,
-)
+from taskray.scan.blob import BlobLimits, decompress, executable_members, normalise_join, parse_blob, want_all
 from taskray.scan.catalog import fetch_blobs, is_scan_output, require_finished_scan, select
 from taskray.scan.sources import TASKTROVE_SCHEMA, safe_part, shard_key
 
@@ -66,23 +56,6 @@ def _payload(blob: bytes) -> bytes:
     return decompress(blob, EXPORT_LIMITS)[0]
 
 
-def executable_members(blob: bytes) -> set[str]:
-    """Names (as `harbor_files` gives them) of the members the archive marks executable: test.sh and
-    solve.sh must stay runnable. Only the exec bits are carried over: never setuid, never group- or
-    other-writable (the file gets 0755 or 0644 under the usual umask)."""
-    buf = decompress(blob, EXPORT_LIMITS)[0]
-    modes: dict[str, int] = {}
-    if buf[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        with zipfile.ZipFile(io.BytesIO(buf)) as zf:
-            modes = {i.filename: i.external_attr >> 16 for i in zf.infolist() if not i.is_dir()}
-    elif looks_like_tar(buf):
-        with tarfile.open(fileobj=io.BytesIO(buf), mode="r:") as tf:
-            modes = {m.name: m.mode for m in tf.getmembers() if m.isreg()}
-    named = {safe_name(n): mode for n, mode in modes.items() if safe_name(n)}
-    root = _single_root(dict.fromkeys(named, 0))
-    return {n[len(root) :] for n, mode in named.items() if mode & 0o111}
-
-
 def export_shard(item: dict, out_url: str, fmt: str) -> dict:
     """Export the selected rows of one input shard; returns what was written."""
     store = Store(out_url)
@@ -101,7 +74,7 @@ def export_shard(item: dict, out_url: str, fmt: str) -> dict:
         folder = f"{safe_part(item['source'])}/{task_folder_name(path, r)}"
         try:
             files = harbor_files(blob)
-            runnable = executable_members(blob)
+            runnable = executable_members(blob, EXPORT_LIMITS)
         except (ValueError, tarfile.TarError, zipfile.BadZipFile) as e:
             failed.append(f"{path}: {e}")
             continue

@@ -1,0 +1,267 @@
+"""The verify job: run each selected task's own verifier in Docker on Ray, and join verdicts to the catalog.
+
+Input is a finished scan (its `shard`/`row` point back at the blobs). The driver reads the selected
+blobs once to group tasks by environment hash; each group is one item of the shared runner, so each
+distinct environment is built exactly once per run, by one actor, and then serves all its tasks (and
+later runs: images are kept, named by that hash). Per task: the oracle trial, then the null trial
+(test.sh on the untouched environment, in a fresh container); `rewards.verdict` decides.
+
+DEST gets `catalog/verify.parquet` (the scan's rows of the selected tasks plus verdict columns), so
+`taskray export DEST OUT --where verdict=verified` and mix's TaskTrove task read it like a scan;
+`results.jsonl` (rewards, durations, log tails per task), `plan.json`, and `summary.json` last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter, defaultdict
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from taskray.core.console import Progress, say
+from taskray.core.runner import finished_items, mark_complete, run_items
+from taskray.core.storage import Store
+from taskray.errors import BadInput
+from taskray.scan.catalog import fetch_blobs, is_scan_output, require_finished_scan, select
+from taskray.verify.rewards import VERDICTS, verdict
+from taskray.verify.task import TaskError, load_task
+
+INFRA_RETRIES = 2
+VERDICT_COLUMNS = pa.schema(
+    [
+        ("verdict", pa.string()),
+        ("verdict_detail", pa.string()),
+        ("oracle_reward", pa.float64()),
+        ("null_reward", pa.float64()),
+        ("image", pa.string()),
+        ("build_seconds", pa.float64()),
+        ("trial_seconds", pa.float64()),
+        ("base_rewrites", pa.string()),  # JSON: FROM image -> local image, so offline verdicts show it
+        ("attempts", pa.int32()),
+    ]
+)
+
+
+def _infra(err: Exception) -> bool:
+    import docker
+    import requests
+
+    return isinstance(err, docker.errors.APIError | requests.exceptions.RequestException | ConnectionError)
+
+
+class VerifyWorker:
+    """The runner's worker: builds one environment, then runs the trials of all its tasks."""
+
+    def __init__(self, network: str, null: bool, base_map: dict[str, str]) -> None:
+        from taskray.sandbox.daemon import docker_client, gc, new_session
+
+        self.client = docker_client()
+        gc(self.client)  # containers left by owners that died (a killed worker, a crashed run)
+        self.session, self.network, self.null, self.base_map = new_session(), network, null, base_map
+
+    def __call__(self, item: dict) -> dict:
+        from taskray.verify.trial import BuildFailed, build, run_trial
+
+        refs = item["tasks"]
+        by_shard = defaultdict(list)
+        for ref in refs:
+            by_shard[ref["shard"]].append(ref)
+        blobs = {
+            (shard, r["row"]): blob
+            for shard, rs in by_shard.items()
+            for r, (_, blob) in zip(rs, _fetch(shard, rs))
+        }
+        rows, built, build_error = [], None, None
+        for ref in refs:
+            row = {
+                "key": ref["key"],
+                "image": None,
+                "build_seconds": 0.0,
+                "trial_seconds": 0.0,
+                "attempts": 1,
+            }
+            try:
+                task = load_task(blobs[(ref["shard"], ref["row"])])
+            except TaskError as e:
+                rows.append({**row, "verdict": "unsupported", "verdict_detail": str(e)})
+                continue
+            if task.unsupported:
+                rows.append({**row, "verdict": "unsupported", "verdict_detail": task.unsupported})
+                continue
+            if built is None and build_error is None:
+                for attempt in range(1, INFRA_RETRIES + 2):
+                    try:
+                        built = build(self.client, task, self.base_map)
+                        row["build_seconds"] = built.seconds
+                        break
+                    except BuildFailed as e:
+                        build_error = str(e)
+                        break
+                    except Exception as e:
+                        if not _infra(e) or attempt > INFRA_RETRIES:
+                            build_error = f"infra: {e}"
+                            break
+            if build_error is not None:
+                infra = build_error.startswith("infra: ")
+                rows.append(
+                    {
+                        **row,
+                        "verdict": "infra_error" if infra else "build_failed",
+                        "verdict_detail": build_error[:1000],
+                    }
+                )
+                continue
+            row.update(image=built.image, base_rewrites=json.dumps(built.rewrites, sort_keys=True))
+            rows.append({**row, **self._trials(task, built.image, run_trial)})
+        return {"rows": rows}
+
+    def _trials(self, task, image: str, run_trial) -> dict:
+        results, attempts, seconds = {}, 1, 0.0
+        for name, wanted in (("oracle", bool(task.solution)), ("null", self.null)):
+            if not wanted:
+                continue
+            for attempt in range(1, INFRA_RETRIES + 2):
+                attempts = max(attempts, attempt)
+                try:
+                    res = run_trial(self.client, task, image, name == "oracle", self.network, self.session)
+                    results[name] = res
+                    seconds += res.seconds
+                    break
+                except Exception as e:
+                    if not _infra(e) or attempt > INFRA_RETRIES:
+                        detail = f"{name} trial, {attempt} attempts: {type(e).__name__}: {e}"[:1000]
+                        return {
+                            "verdict": "infra_error",
+                            "verdict_detail": detail,
+                            "trial_seconds": seconds,
+                            "attempts": attempts,
+                        }
+        oracle, null = results.get("oracle"), results.get("null")
+        v, why = verdict(oracle.trial if oracle else None, null.trial if null else None)
+        return {
+            "verdict": v,
+            "verdict_detail": why,
+            "oracle_reward": oracle.trial.rewards.score if oracle else None,
+            "null_reward": null.trial.rewards.score if null else None,
+            "oracle_rewards": json.dumps(oracle.trial.rewards.values) if oracle else None,
+            "null_rewards": json.dumps(null.trial.rewards.values) if null else None,
+            "oracle_log_tail": oracle.log_tail if oracle else None,
+            "null_log_tail": null.log_tail if null else None,
+            "trial_seconds": seconds,
+            "attempts": attempts,
+        }
+
+
+def _fetch(shard: str, refs: list[dict]) -> list[tuple[str, bytes]]:
+    blobs = fetch_blobs(shard, [r["row"] for r in refs], {r["row"]: r["blob_sha256"] for r in refs})
+    return [blobs[r["row"]] for r in refs]
+
+
+def verify(
+    scan_dest: str,
+    out: str,
+    where: list[str] = ("has_verifier",),
+    source_filter: str | None = None,
+    limit: int | None = None,
+    null: bool = True,
+    network: str = "none",
+    base_map: dict[str, str] | None = None,
+    workers: int | None = None,
+    num_cpus: int | None = None,
+) -> dict:
+    """Verify the selected tasks of a finished scan into OUT; returns the summary (also OUT/summary.json)."""
+    from taskray.core.raycluster import init_ray
+
+    if network not in ("none", "public"):
+        raise BadInput(f"--network {network!r}: expected none or public")
+    if not is_scan_output(scan_dest):
+        raise BadInput(f"{scan_dest}: not a scan's output (no plan.json); expected `taskray scan --out` DEST")
+    require_finished_scan(scan_dest)
+    store = Store(out)
+    store.check_writable("--out")
+    table = select(scan_dest, list(where), source_filter)
+    if limit is not None:
+        table = table.slice(0, limit)
+    if table.num_rows == 0:
+        say("verify", f"warning: no task matches {' and '.join(where) or 'the selection'} in {scan_dest}")
+    rows = table.to_pylist()
+    for r in rows:
+        r["key"] = f"{r['source']}/{r['shard']}#{r['row']}"
+    groups = _group_by_environment(rows)
+    base_map = dict(base_map or {})
+    plan = {
+        "scan": scan_dest,
+        "where": list(where),
+        "source_filter": source_filter,
+        "limit": limit,
+        "null": null,
+        "network": network,
+        "base_map": base_map,
+        "tasks": sorted((r["key"], r["blob_sha256"]) for r in rows),
+    }
+    plan_id = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    done = finished_items(store, plan_id)
+    todo = {k: v for k, v in groups.items() if k not in done}
+    say(
+        "verify", f"{len(rows):,} tasks in {len(groups)} environments; {len(groups) - len(todo)} already done"
+    )
+    if todo:
+        store.delete("summary.json")
+        store.write_bytes("plan.json", json.dumps(plan, indent=1).encode())
+        init_ray(num_cpus)
+        progress, finished, tally = Progress("verify", len(rows)), 0, Counter()
+        args = {"network": network, "null": null, "base_map": base_map}
+        for key, result in run_items(todo, VerifyWorker, store, plan_id, args, actors=workers):
+            done[key] = result
+            finished += len(result["rows"])
+            tally.update(r["verdict"] for r in result["rows"])
+            counts = ", ".join(f"{v} {tally[v]}" for v in VERDICTS if tally[v])
+            progress.update(finished, f"{finished}/{len(rows)} tasks | {counts}")
+    return _write_outputs(store, rows, done, plan)
+
+
+def _group_by_environment(rows: list[dict]) -> dict[str, dict]:
+    """Tasks by environment hash (one build each); a task whose blob is not a task is its own group."""
+    groups: dict[str, dict] = {}
+    by_shard = defaultdict(list)
+    for r in rows:
+        by_shard[r["shard"]].append(r)
+    for shard, rs in by_shard.items():
+        for r, (_, blob) in zip(rs, _fetch(shard, rs)):
+            try:
+                env = load_task(blob).environment_hash
+            except TaskError:
+                env = "none-" + r["blob_sha256"][:16]
+            ref = {k: r[k] for k in ("key", "source", "path", "shard", "row", "blob_sha256")}
+            groups.setdefault(env[:24], {"environment": env, "tasks": []})["tasks"].append(ref)
+    return groups
+
+
+def _write_outputs(store: Store, rows: list[dict], done: dict, plan: dict) -> dict:
+    results = {r["key"]: r for res in done.values() for r in res["rows"]}
+    joined = []
+    for r in rows:
+        v = results[r["key"]]
+        joined.append({**{k: r[k] for k in r if k != "key"}, **{c: v.get(c) for c in VERDICT_COLUMNS.names}})
+    table = pa.Table.from_pylist(joined)
+    store.put_staged("catalog/verify.parquet", lambda local: pq.write_table(table, local, compression="zstd"))
+    store.write_bytes(
+        "results.jsonl", "".join(json.dumps(results[r["key"]], sort_keys=True) + "\n" for r in rows).encode()
+    )
+    per_source: dict[str, Counter] = defaultdict(Counter)
+    for r in joined:
+        per_source[r["source"]][r["verdict"]] += 1
+    summary = {
+        "tasks": len(joined),
+        "verdicts": dict(Counter(r["verdict"] for r in joined)),
+        "sources": {s: dict(c) for s, c in sorted(per_source.items())},
+        "build_seconds": round(sum(r["build_seconds"] or 0 for r in joined), 3),
+        "trial_seconds": round(sum(r["trial_seconds"] or 0 for r in joined), 3),
+        "plan": {k: plan[k] for k in plan if k != "tasks"},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    mark_complete(store, "summary.json", summary)
+    return summary

@@ -1,0 +1,231 @@
+"""The verify job on real Docker and a real Ray: synthetic Harbor tasks that cover every verdict.
+
+Tasks build `FROM debian:bookworm`, which the base map points at the local image the sandbox build made
+(no registry here), so the map is exercised too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from taskray.scan import scan
+from taskray.verify.rewards import Rewards, Trial, parse_rewards, verdict
+from taskray.verify.task import base_images, load_task, rewrite_from
+
+TOML = 'version = "1.0"\n[verifier]\ntimeout_sec = {verifier}\n[agent]\ntimeout_sec = {agent}\n'
+WRITE = (
+    'mkdir -p /logs/verifier\nif [ "$(cat /app/answer.txt 2>/dev/null)" = 42 ]; then {ok}; else {bad}; fi\n'
+)
+SOLVE = "#!/bin/bash\nmkdir -p /app && echo 42 > /app/answer.txt\n"
+
+
+def harbor_tar(
+    test_sh: str,
+    solve_sh: str | None = SOLVE,
+    dockerfile: str = "FROM debian:bookworm\nWORKDIR /app\n",
+    verifier: float = 60,
+    agent: float = 60,
+) -> bytes:
+    files = {
+        "task.toml": TOML.format(verifier=verifier, agent=agent),
+        "instruction.md": "Write 42 to /app/answer.txt.\n",
+        "environment/Dockerfile": dockerfile,
+        "tests/test.sh": "#!/bin/bash\n" + test_sh,
+    }
+    if solve_sh is not None:
+        files["solution/solve.sh"] = solve_sh
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755 if name.endswith(".sh") else 0o644
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+TASKS = {
+    "works": harbor_tar(
+        WRITE.format(ok="echo 1 > /logs/verifier/reward.txt", bad="echo 0 > /logs/verifier/reward.txt")
+    ),
+    "accepts-anything": harbor_tar("mkdir -p /logs/verifier; echo 1 > /logs/verifier/reward.txt\n"),
+    "never-writes": harbor_tar("echo 'all good'\n"),
+    "silent-on-failure": harbor_tar(WRITE.format(ok="echo 1 > /logs/verifier/reward.txt", bad="true")),
+    "json-rewards": harbor_tar(
+        WRITE.format(
+            ok='echo \'{"reward": 1.0, "style": 0.5, "note": "x"}\' > /logs/verifier/reward.json',
+            bad='echo \'{"reward": 0, "style": 0}\' > /logs/verifier/reward.json',
+        )
+    ),
+    "solve-hangs": harbor_tar(
+        WRITE.format(ok="echo 1 > /logs/verifier/reward.txt", bad="echo 0 > /logs/verifier/reward.txt"),
+        solve_sh="#!/bin/bash\nsleep 600\n",
+        agent=3,
+    ),
+    "does-not-build": harbor_tar("true\n", dockerfile="FROM debian:bookworm\nRUN exit 3\n"),
+    "floods": harbor_tar(
+        WRITE.format(ok="echo 1 > /logs/verifier/reward.txt", bad="echo 0 > /logs/verifier/reward.txt"),
+        solve_sh=SOLVE + "head -c 300000000 /dev/zero | tr '\\0' x\n",
+    ),
+    "escapes": harbor_tar(
+        WRITE.format(ok="echo 1 > /logs/verifier/reward.txt", bad="echo 0 > /logs/verifier/reward.txt"),
+        solve_sh=SOLVE + "echo pwned > /host-escape-marker 2>/dev/null\n"
+        "f() { f | f & }; f 2>/dev/null &\nsleep 5\n",
+        agent=20,
+    ),
+    "no-oracle": harbor_tar(
+        WRITE.format(ok="echo 1 > /logs/verifier/reward.txt", bad="echo 0 > /logs/verifier/reward.txt"),
+        solve_sh=None,
+    ),
+}
+EXPECTED = {
+    "works": "verified",
+    "accepts-anything": "accepts_anything",
+    "never-writes": "no_reward",
+    "silent-on-failure": "no_reward",
+    "json-rewards": "verified",
+    "solve-hangs": "timeout",
+    "does-not-build": "build_failed",
+    "floods": "verified",
+    "no-oracle": "no_oracle",
+}
+
+
+# -- pure logic -----------------------------------------------------------------------------------------
+def test_rewards_are_read_as_harbor_reads_them():
+    assert parse_rewards(None, b"1\n").values == {"reward": 1.0}
+    assert parse_rewards(b'{"reward": 0.5, "a": 1, "flag": true, "s": "x"}', b"1").values == {
+        "reward": 0.5,
+        "a": 1.0,
+    }
+    assert parse_rewards(b'{"a": 1, "b": 0}', b"0.25").values == {"a": 1.0, "b": 0.0, "reward": 0.25}
+    assert parse_rewards(b'{"a": 1, "b": 0}', None).score == 0.5
+    for json_bytes, txt, error in (
+        (None, None, "wrote no"),
+        (None, b"", "empty"),
+        (None, b"yes", "not a number"),
+        (b"", None, "empty"),
+        (b"[1]", None, "not an object"),
+        (b"{", None, "valid JSON"),
+    ):
+        assert error in parse_rewards(json_bytes, txt).error
+
+
+def test_verdicts():
+    one, zero, none = (
+        Trial(Rewards({"reward": 1.0})),
+        Trial(Rewards({"reward": 0.0})),
+        Trial(Rewards(error="x")),
+    )
+    assert verdict(one, zero)[0] == "verified"
+    assert verdict(one, one)[0] == "accepts_anything"
+    assert verdict(zero, zero)[0] == "oracle_failed"
+    assert verdict(none, zero)[0] == "no_reward" and verdict(one, none)[0] == "no_reward"
+    assert verdict(None, zero)[0] == "no_oracle"
+    assert verdict(Trial(Rewards(), timed_out="solve.sh"), zero)[0] == "timeout"
+    assert verdict(Trial(Rewards(), infra_error="daemon gone"), zero)[0] == "infra_error"
+
+
+def test_tasks_load_and_from_lines_rewrite():
+    task = load_task(TASKS["works"])
+    assert "tests/test.sh" in task.executable and task.solution and task.verifier_timeout == 60
+    assert load_task(TASKS["works"]).environment_hash == load_task(TASKS["accepts-anything"]).environment_hash
+    assert load_task(TASKS["does-not-build"]).environment_hash != task.environment_hash
+    text = "FROM --platform=linux/amd64 ubuntu:24.04 AS base\nRUN x\nFROM base\nFROM python:3.11-slim\n"
+    assert base_images(text) == ["ubuntu:24.04", "python:3.11-slim"]
+    out, done = rewrite_from(text, {"ubuntu:24.04": "local-ubuntu"})
+    assert (
+        "FROM --platform=linux/amd64 local-ubuntu AS base" not in out and "FROM local-ubuntu AS base" in out
+    )
+    assert done == {"ubuntu:24.04": "local-ubuntu"} and "FROM base" in out
+
+
+# -- on Docker and Ray ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def base_image() -> str:
+    from taskray.sandbox.daemon import docker_client
+    from taskray.sandbox.image import OFFLINE_BASE, REGISTRY_BASE, _have
+
+    client = docker_client()
+    for image in (OFFLINE_BASE, REGISTRY_BASE):
+        if _have(client, image):
+            return image
+    pytest.fail("no local Debian base image: run `taskray sandbox build` first")
+
+
+def corpus(folder: Path, tasks: dict[str, bytes]) -> Path:
+    src = folder / "org__verify"
+    src.mkdir(parents=True)
+    pq.write_table(
+        pa.table({"path": list(tasks), "task_binary": list(tasks.values())}), src / "tasks.parquet"
+    )
+    return folder
+
+
+@pytest.mark.timeout(900)
+def test_every_verdict_on_real_docker(ray_local, base_image, tmp_path):
+    from taskray.verify.job import verify
+
+    src = corpus(tmp_path / "src", TASKS)
+    scanned = str(tmp_path / "scan")
+    scan(str(src), scanned)
+    out = tmp_path / "verified"
+    summary = verify(scanned, str(out), where=[], base_map={"debian:bookworm": base_image})
+    rows = {r["path"]: r for r in pq.read_table(out / "catalog" / "verify.parquet").to_pylist()}
+    verdicts = {p: r["verdict"] for p, r in rows.items()}
+    # a fork bomb takes its own container down (its pids limit), never the host or the run: a task verdict
+    assert verdicts.pop("escapes") in ("no_reward", "oracle_failed", "timeout"), rows["escapes"]
+    assert verdicts == EXPECTED, {p: r["verdict_detail"] for p, r in rows.items()}
+    assert rows["works"]["oracle_reward"] == 1.0 and rows["works"]["null_reward"] == 0.0
+    assert json.loads(rows["works"]["base_rewrites"]) == {"debian:bookworm": base_image}
+    assert summary["verdicts"]["verified"] == 3 and summary["tasks"] == len(TASKS)
+    assert not Path("/host-escape-marker").exists()
+    results = {
+        r["key"].split("#")[0]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())
+    }
+    assert len(results) == 1  # one shard
+    # the verified subset is exported like any catalog selection
+    from taskray.scan.export import export
+
+    manifest = export(str(out), str(tmp_path / "exported"), ["verdict=verified"])
+    assert len(manifest["written"]) == 3
+    # nothing is left running or lying around
+    from taskray.sandbox.daemon import LABEL, docker_client
+
+    assert (
+        docker_client().api.containers(all=True, filters={"label": f"{LABEL}=1", "status": "running"}) == []
+    )
+
+
+@pytest.mark.timeout(900)
+def test_tasks_sharing_environments_build_each_once(ray_local, base_image, tmp_path):
+    from taskray.verify.job import verify
+
+    works = WRITE.format(ok="echo 1 > /logs/verifier/reward.txt", bad="echo 0 > /logs/verifier/reward.txt")
+    tasks = {
+        f"t{i:02d}": harbor_tar(
+            works, dockerfile=f"FROM debian:bookworm\nWORKDIR /app\nENV FLAVOUR={i % 5}\n"
+        )
+        for i in range(20)
+    }
+    src = corpus(tmp_path / "src", tasks)
+    scanned = str(tmp_path / "scan")
+    scan(str(src), scanned)
+    out = tmp_path / "verified"
+    verify(scanned, str(out), where=[], null=False, base_map={"debian:bookworm": base_image})
+    rows = pq.read_table(out / "catalog" / "verify.parquet").to_pylist()
+    assert {r["verdict"] for r in rows} == {"verified"} and len(rows) == 20
+    assert len({r["image"] for r in rows}) == 5
+    # each environment was built by the first of its tasks only: five builds, or none when cached
+    assert sum(r["build_seconds"] > 0 for r in rows) in (0, 5)
+    # a rerun of the same command does nothing and changes nothing
+    before = (out / "catalog" / "verify.parquet").read_bytes()
+    verify(scanned, str(out), where=[], null=False, base_map={"debian:bookworm": base_image})
+    assert (out / "catalog" / "verify.parquet").read_bytes() == before
