@@ -229,3 +229,65 @@ def test_tasks_sharing_environments_build_each_once(ray_local, base_image, tmp_p
     before = (out / "catalog" / "verify.parquet").read_bytes()
     verify(scanned, str(out), where=[], null=False, base_map={"debian:bookworm": base_image})
     assert (out / "catalog" / "verify.parquet").read_bytes() == before
+
+
+@pytest.mark.timeout(900)
+def test_a_killed_run_and_its_rerun_give_one_row_per_task(ray_local, base_image, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from taskray.verify.job import verify
+
+    works = WRITE.format(ok="echo 1 > /logs/verifier/reward.txt", bad="echo 0 > /logs/verifier/reward.txt")
+    tasks = {
+        f"k{i}": harbor_tar(works, dockerfile=f"FROM debian:bookworm\nWORKDIR /app\nENV KILLED={i % 4}\n")
+        for i in range(8)
+    }
+    tasks["k-open"] = TASKS["accepts-anything"]
+    src = corpus(tmp_path / "src", tasks)
+    scanned = str(tmp_path / "scan")
+    scan(str(src), scanned)
+    clean = tmp_path / "clean"
+    verify(scanned, str(clean), base_map={"debian:bookworm": base_image})
+
+    killed = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "taskray",
+        "verify",
+        scanned,
+        "--out",
+        str(killed),
+        "--base-map",
+        f"debian:bookworm={base_image}",
+        "--num-cpus",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while not list((killed / "_progress").glob("*.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                "the run ended before it could be killed"
+            )
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (killed / "summary.json").exists()
+    verify(scanned, str(killed), base_map={"debian:bookworm": base_image})
+    got = pq.read_table(killed / "catalog" / "verify.parquet").to_pylist()
+    want = pq.read_table(clean / "catalog" / "verify.parquet").to_pylist()
+    assert sorted(r["path"] for r in got) == sorted(tasks)  # exactly one row per task
+    assert {r["path"]: r["verdict"] for r in got} == {r["path"]: r["verdict"] for r in want}
+    # nothing of either run is left running: a killed worker's containers stop with it (and are removed
+    # by the next run's garbage collection)
+    from taskray.sandbox.daemon import LABEL, docker_client
+
+    running = {"label": f"{LABEL}=1", "status": "running"}
+    assert docker_client().api.containers(filters=running) == []

@@ -1,12 +1,13 @@
 """Running a task in Docker as Harbor does: build (or reuse) its environment image, then trials.
 
-A trial starts a fresh container from the image with `sleep infinity`, copies `solution/` to /solution
-and runs `bash /solution/solve.sh` (the oracle trial only; its exit code is only logged), copies
-`tests/` to /tests and runs `bash /tests/test.sh`, then reads /logs/verifier/reward.{json,txt}. Each
-script has its task.toml timeout, after which the host kills the container. The container is untrusted:
-no host mounts, resource limits, no network unless the task allows it and the run does, labelled like
-every taskray container (taskray.sandbox.daemon) so a crashed run's leftovers are garbage-collected.
-Output is read as it comes and only its tail is kept, so a flood cannot stall the reader.
+A trial starts a fresh container from the image, idle like Harbor's `sleep infinity` (but stopping
+when this process dies), copies `solution/` to /solution and runs `bash /solution/solve.sh` (the oracle
+trial only; its exit code is only logged), copies `tests/` to /tests and runs `bash /tests/test.sh`,
+then reads /logs/verifier/reward.{json,txt}. Each script has its task.toml timeout, after which the host
+kills the container. The container is untrusted: no host mounts, resource limits, no network unless the
+task allows it and the run does, labelled like every taskray container (taskray.sandbox.daemon) so a
+crashed run's leftovers are garbage-collected. Output is read as it comes and only its tail is kept, so
+a flood cannot stall the reader.
 """
 
 from __future__ import annotations
@@ -141,8 +142,12 @@ def run_trial(client, task: VerifyTask, image: str, oracle: bool, network: str, 
     online = network == "public" and task.allow_internet
     container = client.containers.create(
         image,
-        command=["sleep", "infinity"],
+        # Harbor's `sleep infinity`, but tied to this process: PID 1 waits on the attached stdin, which
+        # closes when this process dies, however it dies; then the container stops, and all in it.
+        command=["sh", "-c", "read -r _ || true"],
         entrypoint=[],
+        stdin_open=True,
+        tty=False,
         network_mode="bridge" if online else "none",
         mem_limit=f"{task.memory_mb or 2048}m",
         memswap_limit=f"{task.memory_mb or 2048}m",
@@ -150,10 +155,10 @@ def run_trial(client, task: VerifyTask, image: str, oracle: bool, network: str, 
         pids_limit=PIDS,
         security_opt=["no-new-privileges"],
         labels={LABEL: "1", OWNER_LABEL: owner_id(), SESSION_LABEL: session},
-        detach=True,
     )
-    log = []
+    log, lifeline = [], None
     try:
+        lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
         container.start()
         _check(container.exec_run(["mkdir", "-p", "/logs/verifier", "/logs/agent"]), "mkdir /logs")
         timed_out = None
@@ -178,6 +183,8 @@ def run_trial(client, task: VerifyTask, image: str, oracle: bool, network: str, 
             container.remove(force=True)
         except Exception:
             pass  # already gone; gc by label catches anything else
+        if lifeline is not None:
+            lifeline.close()
 
 
 def _check(result, what: str) -> None:
