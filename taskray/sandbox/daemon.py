@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from collections.abc import Callable
 
 from taskray.errors import JobFailed
 
@@ -96,3 +97,43 @@ def gc(client=None, include_live_owners: bool = False) -> int:
 
 def new_session() -> str:
     return secrets.token_hex(4)
+
+
+class BuildError(RuntimeError):
+    """`docker build` failed; the message ends with the build's last lines."""
+
+
+def docker_build(
+    client,
+    context: str,
+    tag: str,
+    labels: dict[str, str],
+    buildargs: dict[str, str] | None = None,
+    timeout: float | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> None:
+    """Build `context` as `tag`, offline-friendly (never pulls), streaming its lines to `on_line`."""
+    import docker
+
+    lines: list[str] = []
+    try:
+        for chunk in client.api.build(
+            path=context,
+            tag=tag,
+            buildargs=buildargs or {},
+            labels=labels,
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+            timeout=timeout,
+        ):
+            if "error" in chunk:
+                raise BuildError(f"{chunk['error'].strip()} | {' '.join(lines[-5:])[-800:]}")
+            line = chunk.get("stream", "").strip()
+            if line:
+                lines.append(line)
+                if on_line:
+                    on_line(line)
+    except docker.errors.APIError as e:
+        raise BuildError(str(e)[:800]) from None

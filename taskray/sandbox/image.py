@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from taskray.errors import BadInput
-from taskray.sandbox.daemon import SandboxUnavailable, docker_client, image_name
+from taskray.sandbox.daemon import BuildError, SandboxUnavailable, docker_build, docker_client, image_name
 
 REGISTRY_BASE = "python:3.11-slim"
 OFFLINE_BASE = "taskray-sandbox-base:bookworm"
@@ -141,29 +141,16 @@ def build(mode: str = "auto", force: bool = False, log: Log = _log, client=None)
     with tempfile.TemporaryDirectory(prefix="taskray-context-") as context:
         for name, data in build_files().items():  # exactly the hashed files, nothing else
             Path(context, name).write_bytes(data)
-        _docker_build(client, context, image, base, digest, log)
+        try:
+            docker_build(
+                client, context, image, {HASH_LABEL: digest}, {"BASE": base}, on_line=lambda x: log(f"  {x}")
+            )
+        except BuildError as e:
+            raise SandboxUnavailable(f"docker build failed: {e}") from None
     if image_state(client) != "ok":
         raise SandboxUnavailable(f"docker build finished but {image} does not carry hash {digest}")
     log(f"built {image} ({digest}); superseded images removed: {prune_old_images(client)} MB")
     return image
-
-
-def _docker_build(client, context: str, image: str, base: str, digest: str, log: Log) -> None:
-    for chunk in client.api.build(
-        path=context,
-        tag=image,
-        buildargs={"BASE": base},
-        labels={HASH_LABEL: digest},
-        rm=True,
-        forcerm=True,
-        pull=False,
-        decode=True,
-    ):
-        if "error" in chunk:
-            raise SandboxUnavailable(f"docker build failed: {chunk['error'].strip()}")
-        line = chunk.get("stream", "").strip()
-        if line:
-            log(f"  {line}")
 
 
 def prune_old_images(client) -> int:

@@ -12,7 +12,9 @@ a flood cannot stall the reader.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import tarfile
 import tempfile
 import threading
@@ -20,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskray.sandbox.daemon import LABEL, OWNER_LABEL, SESSION_LABEL, owner_id
+from taskray.sandbox.daemon import LABEL, OWNER_LABEL, SESSION_LABEL, BuildError, docker_build, owner_id
 from taskray.verify.rewards import Rewards, Trial, parse_rewards
 from taskray.verify.task import BUILD_TIMEOUT, VerifyTask, rewrite_from
 
@@ -42,16 +44,18 @@ class Built:
     rewrites: dict[str, str]  # FROM images the base map replaced
 
 
-def image_for(task: VerifyTask) -> str:
-    return f"{IMAGE_REPO}:{task.environment_hash[:20]}"
+def image_for(task: VerifyTask, rewrites: dict[str, str]) -> str:
+    """The environment's image; another base map is another image (the same context on another base)."""
+    key = hashlib.sha256(json.dumps([task.environment_hash, sorted(rewrites.items())]).encode()).hexdigest()
+    return f"{IMAGE_REPO}:{key[:20]}"
 
 
 def build(client, task: VerifyTask, base_map: dict[str, str]) -> Built:
     """The task's environment image, built once per environment hash and reused after."""
     import docker
 
-    tag = image_for(task)
     dockerfile, rewrites = rewrite_from(task.dockerfile, base_map)
+    tag = image_for(task, rewrites)
     try:
         return Built(tag, client.images.get(tag).id, 0.0, rewrites)
     except docker.errors.ImageNotFound:
@@ -71,24 +75,12 @@ def build(client, task: VerifyTask, base_map: dict[str, str]) -> Built:
             path = Path(ctx, name)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(dockerfile.encode() if name == "Dockerfile" else data)
-        log: list[str] = []
         try:
-            for chunk in client.api.build(
-                path=ctx,
-                tag=tag,
-                labels={LABEL: "1", ENV_LABEL: task.environment_hash},
-                rm=True,
-                forcerm=True,
-                pull=False,
-                decode=True,
-                timeout=BUILD_TIMEOUT,
-            ):
-                if "error" in chunk:
-                    raise BuildFailed(f"{chunk['error'].strip()} | {' '.join(log[-5:])[-800:]}")
-                if chunk.get("stream", "").strip():
-                    log.append(chunk["stream"].strip())
-        except docker.errors.APIError as e:
-            raise BuildFailed(str(e)[:800]) from None
+            docker_build(
+                client, ctx, tag, {LABEL: "1", ENV_LABEL: task.environment_hash}, timeout=BUILD_TIMEOUT
+            )
+        except BuildError as e:
+            raise BuildFailed(str(e)) from None
     return Built(tag, client.images.get(tag).id, time.monotonic() - started, rewrites)
 
 
