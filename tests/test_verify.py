@@ -133,6 +133,15 @@ def test_verdicts():
     assert verdict(Trial(Rewards(), infra_error="daemon gone"), zero)[0] == "infra_error"
 
 
+def test_unreachable_hosts_are_read_from_a_script_s_output():
+    from taskray.verify.rewards import unreachable_host
+
+    git = "fatal: unable to access 'https://github.com/x/y.git/': Could not resolve host: github.com"
+    assert unreachable_host(git) == "github.com"
+    assert unreachable_host("curl: (6) Could not resolve host: astral.sh") == "astral.sh"
+    assert unreachable_host("AssertionError: expected 42, got 41") is None
+
+
 def test_tasks_load_and_from_lines_rewrite():
     task = load_task(TASKS["works"])
     assert "tests/test.sh" in task.executable and task.solution and task.verifier_timeout == 60
@@ -291,3 +300,42 @@ def test_a_killed_run_and_its_rerun_give_one_row_per_task(ray_local, base_image,
 
     running = {"label": f"{LABEL}=1", "status": "running"}
     assert docker_client().api.containers(filters=running) == []
+
+
+def pack_folder(folder: Path) -> bytes:
+    """A task folder as TaskTrove ships it: a gzip'd tar, modes kept."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                info = tarfile.TarInfo(str(path.relative_to(folder)))
+                info.size, info.mode = path.stat().st_size, path.stat().st_mode & 0o755
+                tf.addfile(info, io.BytesIO(path.read_bytes()))
+    return buf.getvalue()
+
+
+@pytest.mark.timeout(2400)
+def test_the_real_harbor_tasks_offline(ray_local, shared_data, tmp_path):
+    """Each real task ends verified, or, where this machine cannot run it, unsupported or build_failed with
+    the reason in words; verified always means oracle 1 and null 0."""
+    from taskray.verify.job import verify
+
+    folders = sorted(p for p in (shared_data / "harbor-tasks").iterdir() if p.is_dir())
+    src = corpus(tmp_path / "src", {p.name: pack_folder(p) for p in folders})
+    scanned = str(tmp_path / "scan")
+    scan(str(src), scanned)
+    out = tmp_path / "verified"
+    verify(scanned, str(out), offline=True, network="public")
+    rows = {r["path"]: r for r in pq.read_table(out / "catalog" / "verify.parquet").to_pylist()}
+    assert sorted(rows) == [p.name for p in folders]
+    report = {p: (r["verdict"], r["verdict_detail"][:300]) for p, r in rows.items()}
+    for row in rows.values():
+        assert row["verdict"] in ("verified", "unsupported", "build_failed"), report
+        assert row["verdict_detail"], report
+        if row["verdict"] == "verified":
+            assert (row["oracle_reward"], row["null_reward"]) == (1.0, 0.0)
+        if row["verdict"] != "verified":  # what this machine lacks, in words
+            assert "cannot reach" in row["verdict_detail"] or "needs" in row["verdict_detail"], report
+        if row["verdict"] != "unsupported" and row["image"]:
+            assert json.loads(row["base_rewrites"])  # every FROM went to the local stand-in, and says so
+    assert rows["hello-world"]["verdict"] == "verified", report

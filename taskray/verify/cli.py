@@ -48,6 +48,11 @@ def verify_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FROM=IMAGE",
         help="build FROM IMAGE where a Dockerfile says FROM (offline hosts); repeatable",
     )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="no registry here: build FROM a local Debian stand-in for ubuntu, debian and python bases",
+    )
     parser.add_argument("--workers", type=positive, default=None, help="verify actors (default: one per CPU)")
     parser.add_argument("--num-cpus", type=positive, default=None, help="CPUs of a local Ray")
 
@@ -67,6 +72,7 @@ def run_verify(args: argparse.Namespace) -> int:
         _base_map(args.base_map),
         args.workers,
         args.num_cpus,
+        args.offline,
     )
     print(
         json.dumps(

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import socket
 import time
 from collections import Counter, defaultdict
 
@@ -26,7 +28,7 @@ from taskray.core.runner import finished_items, mark_complete, run_items
 from taskray.core.storage import Store
 from taskray.errors import BadInput
 from taskray.scan.catalog import fetch_blobs, is_scan_output, require_finished_scan, select
-from taskray.verify.rewards import VERDICTS, verdict
+from taskray.verify.rewards import VERDICTS, unreachable_host, verdict
 from taskray.verify.task import TaskError, load_task
 
 INFRA_RETRIES = 2
@@ -55,11 +57,14 @@ def _infra(err: Exception) -> bool:
 class VerifyWorker:
     """The runner's worker: builds one environment, then runs the trials of all its tasks."""
 
-    def __init__(self, network: str, null: bool, base_map: dict[str, str]) -> None:
+    def __init__(self, network: str, null: bool, base_map: dict[str, str], offline: bool) -> None:
         from taskray.sandbox.daemon import docker_client, gc, new_session
+        from taskray.verify.bases import ensure_base
 
         self.client = docker_client()
         gc(self.client)  # containers left by owners that died (a killed worker, a crashed run)
+        if offline:
+            ensure_base(self.client)  # this node's stand-in for the common bases
         self.session, self.network, self.null, self.base_map = new_session(), network, null, base_map
 
     def __call__(self, item: dict) -> dict:
@@ -98,7 +103,10 @@ class VerifyWorker:
                         row["build_seconds"] = built.seconds
                         break
                     except BuildFailed as e:
-                        build_error = str(e)
+                        host = _unreachable(str(e))
+                        build_error = (
+                            f"needs {host}, which this machine cannot reach: {e}" if host else str(e)
+                        )
                         break
                     except Exception as e:
                         if not _infra(e) or attempt > INFRA_RETRIES:
@@ -141,6 +149,9 @@ class VerifyWorker:
                         }
         oracle, null = results.get("oracle"), results.get("null")
         v, why = verdict(oracle.trial if oracle else None, null.trial if null else None)
+        host = unreachable_host(oracle.solve_tail) if v == "oracle_failed" and oracle else None
+        if host:  # the oracle could not run here: no verdict on the task, and the row says why
+            v, why = "unsupported", f"the oracle needs {host}, which this machine cannot reach ({why})"
         return {
             "verdict": v,
             "verdict_detail": why,
@@ -153,6 +164,20 @@ class VerifyWorker:
             "trial_seconds": seconds,
             "attempts": attempts,
         }
+
+
+def _unreachable(build_error: str) -> str | None:
+    """A host the failed build step could not reach: named in its output, or a URL in the failing
+    command whose name does not even resolve from here."""
+    host = unreachable_host(build_error)
+    if host:
+        return host
+    for name in dict.fromkeys(re.findall(r"https?://([\w.-]+)", build_error)):
+        try:
+            socket.getaddrinfo(name, 443)
+        except OSError:
+            return name
+    return None
 
 
 def _fetch(shard: str, refs: list[dict]) -> list[tuple[str, bytes]]:
@@ -171,8 +196,12 @@ def verify(
     base_map: dict[str, str] | None = None,
     workers: int | None = None,
     num_cpus: int | None = None,
+    offline: bool = False,
 ) -> dict:
-    """Verify the selected tasks of a finished scan into OUT; returns the summary (also OUT/summary.json)."""
+    """Verify the selected tasks of a finished scan into OUT; returns the summary (also OUT/summary.json).
+
+    `offline` maps the common base images to a local stand-in (taskray.verify.bases), built if missing;
+    `base_map` entries add to or override it."""
     from taskray.core.raycluster import init_ray
 
     if network not in ("none", "public"):
@@ -191,7 +220,9 @@ def verify(
     for r in rows:
         r["key"] = f"{r['source']}/{r['shard']}#{r['row']}"
     groups = _group_by_environment(rows)
-    base_map = dict(base_map or {})
+    from taskray.verify.bases import default_map
+
+    base_map = {**(default_map() if offline else {}), **(base_map or {})}
     plan = {
         "scan": scan_dest,
         "where": list(where),
@@ -213,7 +244,7 @@ def verify(
         store.write_bytes("plan.json", json.dumps(plan, indent=1).encode())
         init_ray(num_cpus)
         progress, finished, tally = Progress("verify", len(rows)), 0, Counter()
-        args = {"network": network, "null": null, "base_map": base_map}
+        args = {"network": network, "null": null, "base_map": base_map, "offline": offline}
         for key, result in run_items(todo, VerifyWorker, store, plan_id, args, actors=workers):
             done[key] = result
             finished += len(result["rows"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 VERDICTS = (
@@ -81,6 +82,20 @@ def parse_rewards(reward_json: bytes | None, reward_txt: bytes | None) -> Reward
     if reward_txt is not None:
         return _text_reward(reward_txt)
     return Rewards(error="test.sh wrote no /logs/verifier/reward.txt or reward.json")
+
+
+# How a failed download reads in curl, git, wget, pip, uv and Python's own libraries.
+_UNREACHABLE = re.compile(
+    r"Could not resolve host:? '?([\w.-]+)|unable to access '(?:https?://)?([\w.-]+)|"
+    r"Failed to establish a new connection.*?host='?([\w.-]+)|unable to resolve host address '?([\w.-]+)|"
+    r"Temporary failure in name resolution.*?([\w-]+\.[\w.-]+)|Name or service not known.*?([\w-]+\.[\w.-]+)"
+)
+
+
+def unreachable_host(log: str) -> str | None:
+    """The first internet host a script failed to reach, going by its output; None if none did."""
+    m = _UNREACHABLE.search(log or "")
+    return next((g for g in m.groups() if g), None) if m else None
 
 
 @dataclass

@@ -99,7 +99,8 @@ class _Exec:
     """One command in the container; its output drained on a thread (a flood never blocks it)."""
 
     def __init__(self, client, container, cmd: list[str]):
-        self.client, self.tail, self.exit_code = client, bytearray(), None
+        self.client, self.exit_code = client, None
+        self.head, self.tail, self.total = bytearray(), bytearray(), 0  # output kept, bytes seen
         self.exec_id = client.api.exec_create(container.id, cmd, workdir=None)["Id"]
         self.stream = client.api.exec_start(self.exec_id, stream=True, demux=False)
         self.thread = threading.Thread(target=self._drain, daemon=True)
@@ -108,9 +109,18 @@ class _Exec:
     def _drain(self) -> None:
         try:
             for chunk in self.stream:
+                self.total += len(chunk)
+                if len(self.head) < TAIL // 2:
+                    self.head += chunk[: TAIL // 2 - len(self.head)]
                 self.tail = (self.tail + chunk)[-TAIL:]
         except Exception:
             pass  # the container was killed under us: the caller knows why
+
+    def output(self) -> str:
+        """The first and the last lines of the output: where a script first went wrong, and how it ended."""
+        if self.total <= len(self.tail):  # short enough to have kept it all
+            return self.tail.decode(errors="replace")
+        return (self.head + b"\n[...]\n" + self.tail).decode(errors="replace")
 
     def wait(self, timeout: float) -> bool:
         """True when the command finished within `timeout` seconds."""
@@ -125,7 +135,8 @@ class _Exec:
 class TrialResult:
     trial: Trial
     seconds: float
-    log_tail: str
+    log_tail: str  # both scripts' output tails
+    solve_tail: str = ""  # solve.sh's alone
 
 
 def run_trial(client, task: VerifyTask, image: str, oracle: bool, network: str, session: str) -> TrialResult:
@@ -148,7 +159,7 @@ def run_trial(client, task: VerifyTask, image: str, oracle: bool, network: str, 
         security_opt=["no-new-privileges"],
         labels={LABEL: "1", OWNER_LABEL: owner_id(), SESSION_LABEL: session},
     )
-    log, lifeline = [], None
+    log, lifeline, solve_tail = [], None, ""
     try:
         lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
         container.start()
@@ -159,17 +170,18 @@ def run_trial(client, task: VerifyTask, image: str, oracle: bool, network: str, 
             solve = _Exec(client, container, ["bash", "/solution/solve.sh"])
             if not solve.wait(task.agent_timeout):
                 timed_out = "solve.sh"
-            log.append(f"$ solve.sh -> {solve.exit_code}\n{solve.tail.decode(errors='replace')}")
+            solve_tail = solve.output()
+            log.append(f"$ solve.sh -> {solve.exit_code}\n{solve_tail}")
         rewards = Rewards(error="not run")
         if timed_out is None:
             container.put_archive("/", _tar(task.tests, task.executable, "tests"))
             test = _Exec(client, container, ["bash", "/tests/test.sh"])
             if not test.wait(task.verifier_timeout):
                 timed_out = "test.sh"
-            log.append(f"$ test.sh -> {test.exit_code}\n{test.tail.decode(errors='replace')}")
+            log.append(f"$ test.sh -> {test.exit_code}\n{test.output()}")
             if timed_out is None:
                 rewards = parse_rewards(_read(container, "reward.json"), _read(container, "reward.txt"))
-        return TrialResult(Trial(rewards, timed_out), time.monotonic() - started, "\n".join(log)[-TAIL:])
+        return TrialResult(Trial(rewards, timed_out), time.monotonic() - started, "\n".join(log), solve_tail)
     finally:
         try:
             container.remove(force=True)
