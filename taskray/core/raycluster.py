@@ -62,17 +62,18 @@ def init_ray(num_cpus: int | None = None) -> None:
             # (set RAY_ADDRESS=auto to use that one on purpose).
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     if not os.environ.get("RAY_ADDRESS"):
-        _reap_when_this_process_dies()
+        _reap_when_this_process_dies(ray._private.worker._global_node.get_session_dir_path())
     quiet_ray_data(loud)
 
 
-# A watchdog process, one per local Ray. Every second it notes the processes descended from this one (Ray
-# renames its processes, so their command lines cannot be matched); when its stdin closes (this process
-# exited, even by SIGKILL) it gives Ray a moment to shut down, then kills those still alive. Without it a
-# killed driver's dashboard and runtime-env agents linger for minutes.
+# A watchdog process, one per local Ray. Twice a second it notes the processes descended from this one
+# (Ray renames its processes, so their command lines cannot be matched); when its stdin closes (this
+# process exited, even by SIGKILL) it gives Ray a moment to shut down, then kills those still alive, and
+# any process too new to have been noted or renamed (its command line still names the Ray session).
+# Without it a killed driver's dashboard and runtime-env agents linger for minutes.
 _WATCHDOG = """
 import os, select, signal, sys, time
-root, me, seen = int(sys.argv[1]), os.getpid(), {}
+root, session, me, seen = int(sys.argv[1]), sys.argv[2].encode(), os.getpid(), {}
 
 def processes():
     out = {}
@@ -85,8 +86,15 @@ def processes():
             pass
     return out
 
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
 while True:
-    closed = select.select([sys.stdin], [], [], 1.0)[0]
+    closed = select.select([sys.stdin], [], [], 0.5)[0]
     procs, family, grew = processes(), {root}, True
     while grew:
         new = {pid for pid, (parent, _) in procs.items() if parent in family} - family - {me}
@@ -97,22 +105,23 @@ while True:
         break
 time.sleep(2)
 procs = processes()
-for pid, start in seen.items():
-    if pid in procs and procs[pid][1] == start:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+doomed = {pid for pid, start in seen.items() if pid in procs and procs[pid][1] == start}
+doomed |= {pid for pid in procs if pid != me and session in cmdline(pid)}
+for pid in doomed:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 """
 _watchdogs: list[subprocess.Popen] = []
 
 
-def _reap_when_this_process_dies() -> None:
+def _reap_when_this_process_dies(session_dir: str) -> None:
     if not os.path.isdir("/proc"):
         return  # not Linux: Ray's own clean-up only
     _watchdogs.append(
         subprocess.Popen(
-            [sys.executable, "-c", _WATCHDOG, str(os.getpid())],
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), session_dir],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
