@@ -95,7 +95,7 @@ def child_taskray(corpus: str, cpus: int, out: str) -> dict:
     from taskray.scan.job import scan
 
     init_ray(num_cpus=cpus)
-    result = scan(corpus, out, report=False, log=lambda *_: None)
+    result = scan(corpus, out, report=False)
     from taskray.scan.catalog import read_catalog
 
     t = read_catalog(out, ["compressed_bytes", "has_verifier"])
