@@ -34,8 +34,9 @@ def receipt_name(key: str) -> str:
     return f"{RECEIPTS}/{key.replace('/', '__')}.json"
 
 
-def finished_items(store: Store, plan_id: str) -> dict[str, dict]:
-    """Results of the items an earlier run of the same plan finished, by key."""
+def finished_items(store: Store, plan_id: str, redo: Callable[[dict], bool] | None = None) -> dict[str, dict]:
+    """Results of the items an earlier run of the same plan finished, by key; those for which `redo`
+    says so (an infrastructure failure recorded as a result) are left out, to be run again."""
     done = {}
     for rel in store.list(RECEIPTS):
         receipt = json.loads(store.read_bytes(rel))
@@ -44,7 +45,8 @@ def finished_items(store: Store, plan_id: str) -> dict[str, dict]:
                 f"{store.url} holds part of a different run ({rel}); use another destination, "
                 "or delete it to start over"
             )
-        done[receipt["key"]] = receipt["result"]
+        if redo is None or not redo(receipt["result"]):
+            done[receipt["key"]] = receipt["result"]
     return done
 
 

@@ -86,11 +86,9 @@ def evaluate(
     plan = {"jobs": jobs, "limits": vars(limits), "fresh": fresh}
     plan_id = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
     # a batch whose samples hit infrastructure errors is run again: those are not verdicts
-    done = {
-        k: r
-        for k, r in finished_items(store, plan_id).items()
-        if all(row["status"] != "infra_error" for row in r["rows"])
-    }
+    done = finished_items(
+        store, plan_id, redo=lambda r: any(row["status"] == "infra_error" for row in r["rows"])
+    )
     todo = {k: v for k, v in batches.items() if k not in done}
     bar = Progress("eval", len(jobs)) if progress else None
     tally: Counter = Counter(r["status"] for res in done.values() for r in res["rows"])

@@ -112,6 +112,7 @@ class VerifyWorker:
                         if not _infra(e) or attempt > INFRA_RETRIES:
                             build_error = f"infra: {e}"
                             break
+                        time.sleep(2**attempt)  # the daemon may be restarting
             if build_error is not None:
                 infra = build_error.startswith("infra: ")
                 rows.append(
@@ -234,7 +235,10 @@ def verify(
         "tasks": sorted((r["key"], r["blob_sha256"]) for r in rows),
     }
     plan_id = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
-    done = finished_items(store, plan_id)
+    # an environment whose tasks met an infrastructure failure is run again: that was no verdict
+    done = finished_items(
+        store, plan_id, redo=lambda r: any(row["verdict"] == "infra_error" for row in r["rows"])
+    )
     todo = {k: v for k, v in groups.items() if k not in done}
     say(
         "verify", f"{len(rows):,} tasks in {len(groups)} environments; {len(groups) - len(todo)} already done"
