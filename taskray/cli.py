@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import time
 import traceback
@@ -52,6 +53,15 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not >= 1")
     return value
+
+
+def regex(text: str) -> str:
+    """argparse type for --source-filter: a regular expression that compiles."""
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regex: {e}") from None
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

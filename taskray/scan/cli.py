@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
-from taskray.cli import positive
+from taskray.cli import positive, regex
 from taskray.errors import BadInput
 from taskray.scan.job import ROWS_PER_PIECE
 from taskray.scan.sources import HUB_DATASET
@@ -25,15 +24,6 @@ def builtin_sample() -> str:
     return str(folder)
 
 
-def _regex(text: str | None, flag: str) -> str | None:
-    if text:
-        try:
-            re.compile(text)
-        except re.error as e:
-            raise BadInput(f"{flag} {text!r} is not a regex: {e}") from None
-    return text
-
-
 # -- scan -----------------------------------------------------------------------------------------------
 def scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -44,7 +34,7 @@ def scan_arguments(parser: argparse.ArgumentParser) -> None:
         "a folder of <source>/tasks.parquet; default: the built-in sample",
     )
     parser.add_argument("--out", default="taskray-out/scan", help="local folder or s3://bucket/prefix")
-    parser.add_argument("--source-filter", default=None, help="regex on the source (folder) name")
+    parser.add_argument("--source-filter", type=regex, default=None, help="regex on the source (folder) name")
     parser.add_argument("--limit", type=positive, default=None, help="scan at most N tasks")
     parser.add_argument("--num-cpus", type=positive, default=None, help="CPUs for a local Ray (default: all)")
     parser.add_argument(
@@ -62,7 +52,7 @@ def run_scan(args: argparse.Namespace) -> int:
     result = scan(
         source,
         args.out,
-        _regex(args.source_filter, "--source-filter"),
+        args.source_filter,
         args.limit,
         args.num_cpus,
         args.rows_per_piece,
@@ -88,7 +78,7 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="filter, repeatable: has_verifier, !has_oracle, verifier_kind=pytest (default: has_verifier)",
     )
-    parser.add_argument("--source-filter", default=None, help="regex on the source name")
+    parser.add_argument("--source-filter", type=regex, default=None, help="regex on the source name")
     parser.add_argument("--as", dest="fmt", choices=EXPORT_FORMATS, default="harbor")
     parser.add_argument("--overwrite", action="store_true", help="empty OUT first if it holds something else")
     parser.add_argument("--num-cpus", type=positive, default=None)
@@ -101,7 +91,7 @@ def run_export(args: argparse.Namespace) -> int:
         args.catalog,
         args.out,
         args.where or ["has_verifier"],
-        _regex(args.source_filter, "--source-filter"),
+        args.source_filter,
         args.fmt,
         args.num_cpus,
         overwrite=args.overwrite,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from taskray.cli import positive
+from taskray.cli import positive, regex
 from taskray.errors import BadInput
 
 
@@ -27,7 +27,7 @@ def verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--where", action="append", default=None, help="catalog filter, repeatable (default: has_verifier)"
     )
-    parser.add_argument("--source-filter", default=None, help="regex on the source name")
+    parser.add_argument("--source-filter", type=regex, default=None, help="regex on the source name")
     parser.add_argument("--limit", type=positive, default=None, help="verify at most N tasks")
     parser.add_argument(
         "--null",
@@ -58,14 +58,13 @@ def verify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from taskray.scan.cli import _regex
     from taskray.verify.job import verify
 
     summary = verify(
         args.scan,
         args.out,
         args.where or ["has_verifier"],
-        _regex(args.source_filter, "--source-filter"),
+        args.source_filter,
         args.limit,
         args.null,
         args.network,

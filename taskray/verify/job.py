@@ -32,18 +32,17 @@ from taskray.verify.rewards import VERDICTS, unreachable_host, verdict
 from taskray.verify.task import TaskError, load_task
 
 INFRA_RETRIES = 2
-VERDICT_COLUMNS = pa.schema(
-    [
-        ("verdict", pa.string()),
-        ("verdict_detail", pa.string()),
-        ("oracle_reward", pa.float64()),
-        ("null_reward", pa.float64()),
-        ("image", pa.string()),
-        ("build_seconds", pa.float64()),
-        ("trial_seconds", pa.float64()),
-        ("base_rewrites", pa.string()),  # JSON: FROM image -> local image, so offline verdicts show it
-        ("attempts", pa.int32()),
-    ]
+# the columns verify adds to the scan's rows of the tasks it ran
+VERDICT_COLUMNS = (
+    "verdict",
+    "verdict_detail",
+    "oracle_reward",
+    "null_reward",
+    "image",
+    "build_seconds",
+    "trial_seconds",
+    "base_rewrites",  # JSON: FROM image -> local image, so offline verdicts show it
+    "attempts",
 )
 
 
@@ -280,7 +279,7 @@ def _write_outputs(store: Store, rows: list[dict], done: dict, plan: dict) -> di
     joined = []
     for r in rows:
         v = results[r["key"]]
-        joined.append({**{k: r[k] for k in r if k != "key"}, **{c: v.get(c) for c in VERDICT_COLUMNS.names}})
+        joined.append({**{k: r[k] for k in r if k != "key"}, **{c: v.get(c) for c in VERDICT_COLUMNS}})
     table = pa.Table.from_pylist(joined)
     store.put_staged("catalog/verify.parquet", lambda local: pq.write_table(table, local, compression="zstd"))
     store.write_bytes(
