@@ -15,10 +15,8 @@ few distinct environments, built FROM the offline Debian stand-in (taskray.verif
 from __future__ import annotations
 
 import argparse
-import io
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -42,17 +40,6 @@ def task_files(env: int) -> dict[str, str]:
         "solution/solve.sh": SOLVE,
         "tests/test.sh": TEST,
     }
-
-
-def tar_gz(files: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755 if name.endswith(".sh") else 0o644
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def harbor_style(image: str, files: dict[str, str], work: Path) -> float:
@@ -97,6 +84,7 @@ def main() -> int:
     from taskray.core.raycluster import init_ray
     from taskray.sandbox.daemon import docker_client
     from taskray.scan import scan
+    from taskray.scan.synth import task_blob
     from taskray.verify.bases import default_map, ensure_base
     from taskray.verify.job import verify
 
@@ -107,7 +95,7 @@ def main() -> int:
     src = tmp / "src" / "bench__verify"
     src.mkdir(parents=True)
     pq.write_table(
-        pa.table({"path": list(tasks), "task_binary": [tar_gz(f) for f in tasks.values()]}),
+        pa.table({"path": list(tasks), "task_binary": [task_blob(f) for f in tasks.values()]}),
         src / "tasks.parquet",
     )
     init_ray(args.num_cpus)

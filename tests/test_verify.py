@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from taskray.scan import scan
-from taskray.verify.rewards import Rewards, Trial, parse_rewards, verdict
+from taskray.scan.synth import task_blob
+from taskray.verify.rewards import Rewards, Trial, parse_pytest_summary, parse_rewards, verdict
 from taskray.verify.task import base_images, load_task, rewrite_from
 
 TOML = 'version = "1.0"\n[verifier]\ntimeout_sec = {verifier}\n[agent]\ntimeout_sec = {agent}\n'
@@ -41,14 +42,31 @@ def harbor_tar(
     }
     if solve_sh is not None:
         files["solution/solve.sh"] = solve_sh
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755 if name.endswith(".sh") else 0o644
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return task_blob(files)
+
+
+PYTEST_42 = (
+    "from pathlib import Path\n\n\ndef test_answer():\n"
+    '    assert Path("/app/answer.txt").read_text().strip() == "42"\n'
+)
+RUN_TESTS = '#!/bin/bash\ncd "$TEST_DIR" && python3 -m pytest test_outputs.py {flags}\n'
+
+
+def legacy_tar(
+    test_py: str = PYTEST_42, run_tests: str | None = RUN_TESTS.format(flags="-rA"), **extra: str
+) -> bytes:
+    """A Terminal-Bench task as it shipped before Harbor: task.yaml, a top-level Dockerfile,
+    solution.sh, run-tests.sh and tests/test_outputs.py, judged by pytest's summary."""
+    files = {
+        "task.yaml": "instruction: |-\n  Write 42 to /app/answer.txt.\nmax_test_timeout_sec: 60\n",
+        "Dockerfile": "FROM debian:bookworm\nWORKDIR /app\n",
+        "solution.sh": SOLVE,
+        "tests/test_outputs.py": test_py,
+        **extra,
+    }
+    if run_tests is not None:
+        files["run-tests.sh"] = run_tests
+    return task_blob({k: v for k, v in files.items() if v is not None})
 
 
 TASKS = {
@@ -133,6 +151,29 @@ def test_verdicts():
     assert verdict(Trial(Rewards(), infra_error="daemon gone"), zero)[0] == "infra_error"
 
 
+def test_legacy_tasks_are_judged_by_pytest_s_summary(tmp_path):
+    """The summary of real pytest runs: solved only when every listed test passed."""
+    import subprocess
+    import sys
+
+    (tmp_path / "test_mixed.py").write_text("def test_a():\n    pass\n\ndef test_b():\n    assert 0\n")
+    (tmp_path / "test_good.py").write_text("def test_a():\n    pass\n")
+
+    def pytest_output(name: str, *flags: str) -> str:
+        run = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", name, *flags]
+        return subprocess.run(run, cwd=tmp_path, capture_output=True, text=True).stdout
+
+    assert parse_pytest_summary(pytest_output("test_good.py", "-rA")).score == 1.0
+    assert parse_pytest_summary(pytest_output("test_mixed.py", "-rA")).score == 0.0
+    assert "no pytest short test summary" in parse_pytest_summary(pytest_output("test_good.py")).error
+    assert parse_pytest_summary("bash: pytest: command not found\n").error
+    legacy = load_task(legacy_tar())
+    assert legacy.legacy and legacy.test_command == ["bash", "/tests/run-tests.sh"]
+    assert set(legacy.tests) == {"test_outputs.py", "run-tests.sh"} and legacy.verifier_timeout == 60
+    keystrokes = legacy_tar(**{"solution.sh": None, "solution.yaml": "- command: echo 42"})
+    assert "solution.yaml" in load_task(keystrokes).unsupported
+
+
 def test_unreachable_hosts_are_read_from_a_script_s_output():
     from taskray.verify.rewards import unreachable_host
 
@@ -213,16 +254,54 @@ def test_every_verdict_on_real_docker(ray_local, base_image, tmp_path):
     )
 
 
-@pytest.mark.timeout(900)
-def test_tasks_sharing_environments_build_each_once(ray_local, base_image, tmp_path):
+LEGACY_TASKS = {
+    "tb-works": legacy_tar(),
+    "tb-default-runner": legacy_tar(run_tests=None),
+    "tb-accepts-anything": legacy_tar("def test_anything():\n    assert True\n"),
+    "tb-half-solved": legacy_tar(PYTEST_42 + "\n\ndef test_more():\n    assert False\n"),
+    "tb-no-summary": legacy_tar(run_tests=RUN_TESTS.format(flags="-q")),
+}
+LEGACY_EXPECTED = {
+    "tb-works": "verified",
+    "tb-default-runner": "verified",
+    "tb-accepts-anything": "accepts_anything",
+    "tb-half-solved": "oracle_failed",
+    "tb-no-summary": "no_reward",
+}
+
+
+@pytest.mark.timeout(1200)
+def test_legacy_terminal_bench_tasks_on_real_docker(ray_local, tmp_path):
+    """Run as Terminal-Bench ran them, with pytest from the offline base (as a registry image would)."""
+    from taskray.verify.job import verify
+
+    src = corpus(tmp_path / "src", LEGACY_TASKS)
+    scanned = str(tmp_path / "scan")
+    scan(str(src), scanned)
+    out = tmp_path / "verified"
+    verify(scanned, str(out), where=[], offline=True)
+    rows = {r["path"]: r for r in pq.read_table(out / "catalog" / "verify.parquet").to_pylist()}
+    assert {p: r["verdict"] for p, r in rows.items()} == LEGACY_EXPECTED, {
+        p: (r["verdict_detail"], json.loads(r["base_rewrites"] or "{}")) for p, r in rows.items()
+    }
+    assert (rows["tb-works"]["oracle_reward"], rows["tb-works"]["null_reward"]) == (1.0, 0.0)
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert all("run-tests.sh ->" in r["oracle_log_tail"] for r in results)
+
+
+@pytest.mark.timeout(1200)
+def test_two_hundred_tasks_sharing_five_environments_build_five_images(ray_local, base_image, tmp_path):
+    from taskray.sandbox.daemon import docker_client
+    from taskray.verify.images import IMAGE_REPO
     from taskray.verify.job import verify
 
     works = WRITE.format(ok="echo 1 > /logs/verifier/reward.txt", bad="echo 0 > /logs/verifier/reward.txt")
+    # this run's own environments, so each is really built here, not found from an earlier run
     tasks = {
-        f"t{i:02d}": harbor_tar(
-            works, dockerfile=f"FROM debian:bookworm\nWORKDIR /app\nENV FLAVOUR={i % 5}\n"
+        f"t{i:03d}": harbor_tar(
+            works, dockerfile=f"FROM debian:bookworm\nWORKDIR /app\nENV FLAVOUR={i % 5}-{tmp_path.name}\n"
         )
-        for i in range(20)
+        for i in range(200)
     }
     src = corpus(tmp_path / "src", tasks)
     scanned = str(tmp_path / "scan")
@@ -230,14 +309,19 @@ def test_tasks_sharing_environments_build_each_once(ray_local, base_image, tmp_p
     out = tmp_path / "verified"
     verify(scanned, str(out), where=[], null=False, base_map={"debian:bookworm": base_image})
     rows = pq.read_table(out / "catalog" / "verify.parquet").to_pylist()
-    assert {r["verdict"] for r in rows} == {"verified"} and len(rows) == 20
-    assert len({r["image"] for r in rows}) == 5
-    # each environment was built by the first of its tasks only: five builds, or none when cached
-    assert sum(r["build_seconds"] > 0 for r in rows) in (0, 5)
+    assert {r["verdict"] for r in rows} == {"verified"} and len(rows) == 200
+    images = {r["image"] for r in rows}
+    assert len(images) == 5
+    # exactly five builds: one task of each environment paid for it, the other 195 found the image
+    assert sum(r["build_seconds"] > 0 for r in rows) == 5
     # a rerun of the same command does nothing and changes nothing
     before = (out / "catalog" / "verify.parquet").read_bytes()
     verify(scanned, str(out), where=[], null=False, base_map={"debian:bookworm": base_image})
     assert (out / "catalog" / "verify.parquet").read_bytes() == before
+    client = docker_client()
+    for image in images:
+        assert image.startswith(IMAGE_REPO + ":")
+        client.images.remove(image)
 
 
 @pytest.mark.timeout(900)
@@ -339,3 +423,46 @@ def test_the_real_harbor_tasks_offline(ray_local, shared_data, tmp_path):
         if row["verdict"] != "unsupported" and row["image"]:
             assert json.loads(row["base_rewrites"])  # every FROM went to the local stand-in, and says so
     assert rows["hello-world"]["verdict"] == "verified", report
+
+
+@pytest.mark.timeout(600)
+def test_least_recently_used_images_are_pruned_beyond_the_cap(base_image, tmp_path, monkeypatch):
+    """Three environments of 5 MB each, used in order: a cap just below the total removes the oldest
+    only; an image an actor holds is never removed, the next oldest goes instead."""
+    import os
+
+    from taskray.sandbox.daemon import docker_client
+    from taskray.verify.images import IMAGE_REPO, _use_file, build, in_use, prune
+    from taskray.verify.task import VerifyTask
+
+    monkeypatch.setenv("TASKRAY_CACHE_DIR", str(tmp_path))
+    client = docker_client()
+    tags = []
+    for i in range(3):
+        dockerfile = f"FROM {base_image}\nRUN head -c 5000000 /dev/urandom > /blob-{i}-{tmp_path.name}\n"
+        task = VerifyTask(
+            dockerfile=dockerfile, context={"Dockerfile": dockerfile.encode()}, solution={}, tests={}
+        )
+        tags.append(build(client, task, {}).image)
+    # every other environment image on this machine counts as used just now; ours long ago, in order
+    for tag in (t for image in client.api.images(name=IMAGE_REPO) for t in image["RepoTags"] or []):
+        _use_file(tag).touch()
+    for age, tag in enumerate(tags):
+        os.utime(_use_file(tag), (1000 + age, 1000 + age))
+
+    def total() -> int:
+        ours = [
+            i for i in client.df()["Images"] if any(t.startswith(IMAGE_REPO) for t in i["RepoTags"] or [])
+        ]
+        return sum(i["Size"] - max(i["SharedSize"], 0) for i in ours)
+
+    def present() -> list[str]:
+        return [t for t in tags if client.api.images(name=t)]
+
+    assert prune(client, total() - 1) == [tags[0]] and present() == tags[1:]
+    with in_use(tags[1]):
+        os.utime(_use_file(tags[1]), (1001, 1001))  # still the oldest, but held
+        assert prune(client, total() - 1) == [tags[2]]
+    assert present() == [tags[1]]
+    assert prune(client, float("inf")) == []
+    client.images.remove(tags[1])

@@ -93,6 +93,18 @@ REWARD_TAIL = (
 )
 
 
+def task_blob(files: dict[str, str | bytes]) -> bytes:
+    """One task as TaskTrove ships it: a gzip'd tar of its files, shell scripts executable."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755 if name.endswith(".sh") else 0o644
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def _tar(files: dict[str, bytes | str], prefix: str = "./", compress: str = "gz", extra=None) -> bytes:
     buf = io.BytesIO()
     mode = {"gz": "w", "xz": "w:xz"}[compress]

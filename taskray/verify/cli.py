@@ -7,6 +7,7 @@ import json
 
 from taskray.cli import positive, regex
 from taskray.errors import BadInput
+from taskray.verify.images import DEFAULT_CAP_GB
 
 
 def _base_map(pairs: list[str]) -> dict[str, str]:
@@ -19,6 +20,17 @@ def _base_map(pairs: list[str]) -> dict[str, str]:
             )
         out[image] = local
     return out
+
+
+def _gigabytes(text: str) -> float:
+    """argparse type for --max-image-gb: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a size in GB >= 0")
+    return value
 
 
 def verify_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +65,13 @@ def verify_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no registry here: build FROM a local Debian stand-in for ubuntu, debian and python bases",
     )
+    parser.add_argument(
+        "--max-image-gb",
+        type=_gigabytes,
+        default=DEFAULT_CAP_GB,
+        help="environment images kept per machine for later runs; least recently used pruned beyond "
+        f"(default: {DEFAULT_CAP_GB:g}; 0 keeps none)",
+    )
     parser.add_argument("--workers", type=positive, default=None, help="verify actors (default: one per CPU)")
     parser.add_argument("--num-cpus", type=positive, default=None, help="CPUs of a local Ray")
 
@@ -72,6 +91,7 @@ def run_verify(args: argparse.Namespace) -> int:
         args.workers,
         args.num_cpus,
         args.offline,
+        args.max_image_gb,
     )
     print(
         json.dumps(

@@ -28,6 +28,7 @@ from taskray.core.runner import finished_items, mark_complete, run_items
 from taskray.core.storage import Store
 from taskray.errors import BadInput
 from taskray.scan.catalog import fetch_blobs, is_scan_output, require_finished_scan, select
+from taskray.verify.images import DEFAULT_CAP_GB
 from taskray.verify.rewards import VERDICTS, unreachable_host, verdict
 from taskray.verify.task import TaskError, load_task
 
@@ -56,7 +57,9 @@ def _infra(err: Exception) -> bool:
 class VerifyWorker:
     """The runner's worker: builds one environment, then runs the trials of all its tasks."""
 
-    def __init__(self, network: str, null: bool, base_map: dict[str, str], offline: bool) -> None:
+    def __init__(
+        self, network: str, null: bool, base_map: dict[str, str], offline: bool, max_image_gb: float
+    ) -> None:
         from taskray.sandbox.daemon import docker_client, gc, new_session
         from taskray.verify.bases import ensure_base
 
@@ -65,68 +68,58 @@ class VerifyWorker:
         if offline:
             ensure_base(self.client)  # this node's stand-in for the common bases
         self.session, self.network, self.null, self.base_map = new_session(), network, null, base_map
+        self.cap_bytes = max_image_gb * 1e9
 
     def __call__(self, item: dict) -> dict:
-        from taskray.verify.trial import BuildFailed, build, run_trial
+        from taskray.verify.images import image_for, in_use, prune
 
-        refs = item["tasks"]
-        by_shard = defaultdict(list)
-        for ref in refs:
-            by_shard[ref["shard"]].append(ref)
-        blobs = {
-            (shard, r["row"]): blob
-            for shard, rs in by_shard.items()
-            for r, (_, blob) in zip(rs, _fetch(shard, rs))
-        }
-        rows, built, build_error = [], None, None
-        for ref in refs:
-            row = {
-                "key": ref["key"],
-                "image": None,
-                "build_seconds": 0.0,
-                "trial_seconds": 0.0,
-                "attempts": 1,
-            }
+        rows, runnable = [], []
+        for ref, blob in _fetch_all(item["tasks"]):
+            row = {"key": ref["key"], "image": None, "build_seconds": 0.0, "trial_seconds": 0.0}
+            row["attempts"] = 1
             try:
-                task = load_task(blobs[(ref["shard"], ref["row"])])
+                task = load_task(blob)
             except TaskError as e:
                 rows.append({**row, "verdict": "unsupported", "verdict_detail": str(e)})
                 continue
             if task.unsupported:
                 rows.append({**row, "verdict": "unsupported", "verdict_detail": task.unsupported})
-                continue
-            if built is None and build_error is None:
-                for attempt in range(1, INFRA_RETRIES + 2):
-                    try:
-                        built = build(self.client, task, self.base_map)
-                        row["build_seconds"] = built.seconds
-                        break
-                    except BuildFailed as e:
-                        host = _unreachable(str(e))
-                        build_error = (
-                            f"needs {host}, which this machine cannot reach: {e}" if host else str(e)
-                        )
-                        break
-                    except Exception as e:
-                        if not _infra(e) or attempt > INFRA_RETRIES:
-                            build_error = f"infra: {e}"
-                            break
-                        time.sleep(2**attempt)  # the daemon may be restarting
-            if build_error is not None:
-                infra = build_error.startswith("infra: ")
-                rows.append(
-                    {
-                        **row,
-                        "verdict": "infra_error" if infra else "build_failed",
-                        "verdict_detail": build_error[:1000],
-                    }
-                )
-                continue
-            row.update(image=built.image, base_rewrites=json.dumps(built.rewrites, sort_keys=True))
-            rows.append({**row, **self._trials(task, built.image, run_trial)})
+            else:
+                runnable.append((row, task))
+        if runnable:
+            with in_use(image_for(runnable[0][1], self.base_map)):  # not pruned while its tasks run
+                built, build_error = self._build(runnable[0][1])
+                for i, (row, task) in enumerate(runnable):
+                    if build_error is not None:
+                        infra = build_error.startswith("infra: ")
+                        verdict_ = "infra_error" if infra else "build_failed"
+                        rows.append({**row, "verdict": verdict_, "verdict_detail": build_error[:1000]})
+                        continue
+                    row.update(image=built.image, base_rewrites=json.dumps(built.rewrites, sort_keys=True))
+                    row["build_seconds"] = built.seconds if i == 0 else 0.0
+                    rows.append({**row, **self._trials(task, built.image)})
+            prune(self.client, self.cap_bytes)
         return {"rows": rows}
 
-    def _trials(self, task, image: str, run_trial) -> dict:
+    def _build(self, task):
+        """(the built image, None) or (None, why it did not build); infrastructure failures are retried."""
+        from taskray.verify.images import BuildFailed, build
+
+        for attempt in range(1, INFRA_RETRIES + 2):
+            try:
+                return build(self.client, task, self.base_map), None
+            except BuildFailed as e:
+                host = _unreachable(str(e))
+                return None, (f"needs {host}, which this machine cannot reach: {e}" if host else str(e))
+            except Exception as e:
+                if not _infra(e) or attempt > INFRA_RETRIES:
+                    return None, f"infra: {e}"
+                time.sleep(2**attempt)  # the daemon may be restarting
+        raise AssertionError("unreachable")
+
+    def _trials(self, task, image: str) -> dict:
+        from taskray.verify.trial import run_trial
+
         results, attempts, seconds = {}, 1, 0.0
         for name, wanted in (("oracle", bool(task.solution)), ("null", self.null)):
             if not wanted:
@@ -180,6 +173,14 @@ def _unreachable(build_error: str) -> str | None:
     return None
 
 
+def _fetch_all(refs: list[dict]) -> list[tuple[dict, bytes]]:
+    """Each task's blob, read shard by shard."""
+    by_shard = defaultdict(list)
+    for ref in refs:
+        by_shard[ref["shard"]].append(ref)
+    return [(r, blob) for shard, rs in by_shard.items() for r, (_, blob) in zip(rs, _fetch(shard, rs))]
+
+
 def _fetch(shard: str, refs: list[dict]) -> list[tuple[str, bytes]]:
     blobs = fetch_blobs(shard, [r["row"] for r in refs], {r["row"]: r["blob_sha256"] for r in refs})
     return [blobs[r["row"]] for r in refs]
@@ -197,11 +198,13 @@ def verify(
     workers: int | None = None,
     num_cpus: int | None = None,
     offline: bool = False,
+    max_image_gb: float = DEFAULT_CAP_GB,
 ) -> dict:
     """Verify the selected tasks of a finished scan into OUT; returns the summary (also OUT/summary.json).
 
     `offline` maps the common base images to a local stand-in (taskray.verify.bases), built if missing;
-    `base_map` entries add to or override it."""
+    `base_map` entries add to or override it. Environment images are kept for later runs, the least
+    recently used pruned beyond `max_image_gb` per machine (taskray.verify.images)."""
     from taskray.core.raycluster import init_ray
 
     if network not in ("none", "public"):
@@ -247,7 +250,13 @@ def verify(
         store.write_bytes("plan.json", json.dumps(plan, indent=1).encode())
         init_ray(num_cpus)
         progress, finished, tally = Progress("verify", len(rows)), 0, Counter()
-        args = {"network": network, "null": null, "base_map": base_map, "offline": offline}
+        args = {
+            "network": network,
+            "null": null,
+            "base_map": base_map,
+            "offline": offline,
+            "max_image_gb": max_image_gb,
+        }
         for key, result in run_items(todo, VerifyWorker, store, plan_id, args, actors=workers):
             done[key] = result
             finished += len(result["rows"])
@@ -260,17 +269,13 @@ def verify(
 def _group_by_environment(rows: list[dict]) -> dict[str, dict]:
     """Tasks by environment hash (one build each); a task whose blob is not a task is its own group."""
     groups: dict[str, dict] = {}
-    by_shard = defaultdict(list)
-    for r in rows:
-        by_shard[r["shard"]].append(r)
-    for shard, rs in by_shard.items():
-        for r, (_, blob) in zip(rs, _fetch(shard, rs)):
-            try:
-                env = load_task(blob).environment_hash
-            except TaskError:
-                env = "none-" + r["blob_sha256"][:16]
-            ref = {k: r[k] for k in ("key", "source", "path", "shard", "row", "blob_sha256")}
-            groups.setdefault(env[:24], {"environment": env, "tasks": []})["tasks"].append(ref)
+    for r, blob in _fetch_all(rows):
+        try:
+            env = load_task(blob).environment_hash
+        except TaskError:
+            env = "none-" + r["blob_sha256"][:16]
+        ref = {k: r[k] for k in ("key", "source", "path", "shard", "row", "blob_sha256")}
+        groups.setdefault(env[:24], {"environment": env, "tasks": []})["tasks"].append(ref)
     return groups
 
 

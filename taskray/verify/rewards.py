@@ -6,6 +6,9 @@ fields are ignored; a scalar `reward.txt` beside it fills in `reward` when the J
 code means nothing.
 
 A task's score is its `reward`, or, when a reward.json names only other rewards, their mean.
+
+A legacy Terminal-Bench task writes no reward file: its run-tests.sh runs pytest with `-rA`, and the
+task is solved when every test in pytest's short summary passed (Terminal-Bench's own rule).
 """
 
 from __future__ import annotations
@@ -82,6 +85,30 @@ def parse_rewards(reward_json: bytes | None, reward_txt: bytes | None) -> Reward
     if reward_txt is not None:
         return _text_reward(reward_txt)
     return Rewards(error="test.sh wrote no /logs/verifier/reward.txt or reward.json")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_SUMMARY_HEADER = re.compile(r"^=+ short test summary info =+$", re.MULTILINE)
+_OUTCOME = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+
+
+def parse_pytest_summary(output: str) -> Rewards:
+    """A legacy task's reward from its run-tests.sh output: 1 when every test pytest's `-rA` summary
+    lists PASSED, 0 when any did not, no reward when there is no summary to read."""
+    text = _ANSI.sub("", output)
+    headers = list(_SUMMARY_HEADER.finditer(text))
+    if not headers:
+        return Rewards(error="run-tests.sh printed no pytest short test summary (pytest -rA)")
+    outcomes = []
+    for line in text[headers[-1].end() :].splitlines():
+        if line.startswith("="):
+            break
+        m = _OUTCOME.match(line)
+        if m:
+            outcomes.append(m.group(1))
+    if not outcomes:
+        return Rewards(error="pytest's short test summary lists no test")
+    return Rewards({"reward": float(all(o == "PASSED" for o in outcomes))})
 
 
 # How a failed download reads in curl, git, wget, pip, uv and Python's own libraries.

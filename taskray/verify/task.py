@@ -20,6 +20,11 @@ from taskray.scan.detect import parse_and_detect
 VERIFIER_TIMEOUT = 600.0
 AGENT_TIMEOUT = 600.0
 BUILD_TIMEOUT = 1800.0
+# Terminal-Bench's defaults where task.yaml says nothing
+LEGACY_AGENT_TIMEOUT = 180.0
+LEGACY_TEST_TIMEOUT = 30.0
+# Terminal-Bench's own runner when a task has none: pytest on test_outputs.py, every outcome summarised
+DEFAULT_RUN_TESTS = b'#!/bin/bash\ncd "$TEST_DIR" && python3 -m pytest test_outputs.py -rA\n'
 # The whole task is read; members are capped as the scan caps them.
 TASK_LIMITS = BlobLimits(max_kept_bytes=BlobLimits().max_raw_bytes)
 _FROM = re.compile(r"^(\s*FROM\s+)(?:--platform=\S+\s+)?(\S+)(.*)$", re.IGNORECASE | re.MULTILINE)
@@ -48,6 +53,23 @@ class VerifyTask:
     memory_mb: int | None = None
     allow_internet: bool = True
     unsupported: str | None = None  # why this machine cannot run it, in words
+    legacy: bool = False  # a Terminal-Bench task: judged by pytest's summary, not a reward file
+
+    @property
+    def solve_command(self) -> list[str]:
+        return ["bash", "/oracle/solution.sh"] if self.legacy else ["bash", "/solution/solve.sh"]
+
+    @property
+    def solution_dir(self) -> str:
+        return "oracle" if self.legacy else "solution"
+
+    @property
+    def test_command(self) -> list[str]:
+        return ["bash", "/tests/run-tests.sh"] if self.legacy else ["bash", "/tests/test.sh"]
+
+    @property
+    def test_env(self) -> dict[str, str]:
+        return {"TEST_DIR": "/tests"} if self.legacy else {}
 
     @property
     def environment_hash(self) -> str:
@@ -72,19 +94,29 @@ def load_task(blob: bytes) -> VerifyTask:
         raise TaskError(f"unreadable blob: {parsed.error}")
     files = parse_blob(blob, want=want_all, limits=TASK_LIMITS).files
     if "task.yaml" in files and "task.toml" not in files:
-        raise TaskError("a legacy Terminal-Bench task (task.yaml); verify runs Harbor tasks")
+        task = _legacy_task(files, det)
+    else:
+        task = _harbor_task(files, det)
+    task.executable = executable_members(blob, TASK_LIMITS)
+    everything = b"\n".join([task.dockerfile.encode(), *task.solution.values(), *task.tests.values()])
+    task.unsupported = task.unsupported or next(
+        (why for pattern, why in _NEEDS if pattern.search(everything)), None
+    )
+    return task
+
+
+def _harbor_task(files: dict[str, bytes], det) -> VerifyTask:
     if "tests/test.sh" not in files:
         raise TaskError("no tests/test.sh")
     context = _under(files, "environment")
     dockerfile = context.get("Dockerfile", b"").decode("utf-8", errors="replace")
     if not dockerfile and not det.docker_image:
         raise TaskError("no environment/Dockerfile and no [environment].docker_image")
-    task = VerifyTask(
+    return VerifyTask(
         dockerfile=dockerfile,
         context=context,
         solution=_under(files, "solution"),
         tests=_under(files, "tests"),
-        executable=executable_members(blob, TASK_LIMITS),
         docker_image=det.docker_image,
         verifier_timeout=det.verifier_timeout_sec or VERIFIER_TIMEOUT,
         agent_timeout=det.agent_timeout_sec or AGENT_TIMEOUT,
@@ -92,8 +124,27 @@ def load_task(blob: bytes) -> VerifyTask:
         memory_mb=det.memory_mb,
         allow_internet=det.allow_internet is not False,
     )
-    everything = b"\n".join([dockerfile.encode(), *task.solution.values(), *task.tests.values()])
-    task.unsupported = next((why for pattern, why in _NEEDS if pattern.search(everything)), None)
+
+
+def _legacy_task(files: dict[str, bytes], det) -> VerifyTask:
+    if "Dockerfile" not in files:
+        raise TaskError("a Terminal-Bench task (task.yaml) without a Dockerfile")
+    tests = _under(files, "tests")
+    if not tests and "run-tests.sh" not in files:
+        raise TaskError("a Terminal-Bench task (task.yaml) without run-tests.sh or tests/")
+    solution = {"solution.sh": files["solution.sh"]} if "solution.sh" in files else {}
+    task = VerifyTask(
+        dockerfile=files["Dockerfile"].decode("utf-8", errors="replace"),
+        context=dict(files),  # Terminal-Bench built from the task folder itself
+        solution=solution,
+        tests={**tests, "run-tests.sh": files.get("run-tests.sh", DEFAULT_RUN_TESTS)},
+        verifier_timeout=det.verifier_timeout_sec or LEGACY_TEST_TIMEOUT,
+        agent_timeout=det.agent_timeout_sec or LEGACY_AGENT_TIMEOUT,
+        legacy=True,
+    )
+    if not solution and "solution.yaml" in files:
+        # keystrokes for an interactive terminal: replaying them needs Terminal-Bench's tmux session
+        task.unsupported = "its oracle is solution.yaml (interactive terminal keystrokes), not solution.sh"
     return task
 
 

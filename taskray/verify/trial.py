@@ -1,4 +1,4 @@
-"""Running a task in Docker as Harbor does: build (or reuse) its environment image, then trials.
+"""Running a task's trials in Docker as Harbor does, on its environment image (images.py builds it).
 
 A trial starts a fresh container from the image, idle like Harbor's `sleep infinity` (but stopping
 when this process dies), copies `solution/` to /solution and runs `bash /solution/solve.sh` (the oracle
@@ -7,81 +7,25 @@ then reads /logs/verifier/reward.{json,txt}. Each script has its task.toml timeo
 kills the container. The container is untrusted: no host mounts, resource limits, no network unless the
 task allows it and the run does, labelled like every taskray container (taskray.sandbox.daemon) so a
 crashed run's leftovers are garbage-collected. Output is read as it comes and only its tail is kept, so
-a flood cannot stall the reader.
+a flood cannot stall the reader. (A legacy Terminal-Bench task runs /oracle/solution.sh and
+/tests/run-tests.sh instead, and its reward is read from pytest's summary: see task.py.)
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import tarfile
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from taskray.sandbox.daemon import LABEL, OWNER_LABEL, SESSION_LABEL, BuildError, docker_build, owner_id
-from taskray.verify.rewards import Rewards, Trial, parse_rewards
-from taskray.verify.task import BUILD_TIMEOUT, VerifyTask, rewrite_from
+from taskray.sandbox.daemon import LABEL, OWNER_LABEL, SESSION_LABEL, owner_id
+from taskray.verify.rewards import Rewards, Trial, parse_pytest_summary, parse_rewards
+from taskray.verify.task import VerifyTask
 
-IMAGE_REPO = "taskray-verify"
-ENV_LABEL = "taskray.verify.environment"
 TAIL = 4000  # bytes of output kept per script
+SUMMARY = 1 << 20  # bytes of a legacy task's test output kept to read pytest's summary from
 PIDS = 4096  # a fork bomb stops here, the host does not
-
-
-class BuildFailed(RuntimeError):
-    """The environment did not build: the task's fault (a verdict), not the infrastructure's."""
-
-
-@dataclass
-class Built:
-    image: str
-    image_id: str
-    seconds: float  # 0 when the image was already there
-    rewrites: dict[str, str]  # FROM images the base map replaced
-
-
-def image_for(task: VerifyTask, rewrites: dict[str, str]) -> str:
-    """The environment's image; another base map is another image (the same context on another base)."""
-    key = hashlib.sha256(json.dumps([task.environment_hash, sorted(rewrites.items())]).encode()).hexdigest()
-    return f"{IMAGE_REPO}:{key[:20]}"
-
-
-def build(client, task: VerifyTask, base_map: dict[str, str]) -> Built:
-    """The task's environment image, built once per environment hash and reused after."""
-    import docker
-
-    dockerfile, rewrites = rewrite_from(task.dockerfile, base_map)
-    tag = image_for(task, rewrites)
-    try:
-        return Built(tag, client.images.get(tag).id, 0.0, rewrites)
-    except docker.errors.ImageNotFound:
-        pass
-    started = time.monotonic()
-    if not task.dockerfile:  # a prebuilt image: tag it as this environment's
-        image = task.docker_image if task.docker_image not in base_map else base_map[task.docker_image]
-        try:
-            client.images.get(image).tag(IMAGE_REPO, tag.split(":")[1])
-        except docker.errors.ImageNotFound:
-            raise BuildFailed(
-                f"the prebuilt image {image} is not on this machine and no registry answers"
-            ) from None
-        return Built(tag, client.images.get(tag).id, time.monotonic() - started, rewrites)
-    with tempfile.TemporaryDirectory(prefix="taskray-env-") as ctx:
-        for name, data in task.context.items():
-            path = Path(ctx, name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(dockerfile.encode() if name == "Dockerfile" else data)
-        try:
-            docker_build(
-                client, ctx, tag, {LABEL: "1", ENV_LABEL: task.environment_hash}, timeout=BUILD_TIMEOUT
-            )
-        except BuildError as e:
-            raise BuildFailed(str(e)) from None
-    return Built(tag, client.images.get(tag).id, time.monotonic() - started, rewrites)
 
 
 def _tar(files: dict[str, bytes], executable: set[str], prefix: str) -> bytes:
@@ -98,10 +42,10 @@ def _tar(files: dict[str, bytes], executable: set[str], prefix: str) -> bytes:
 class _Exec:
     """One command in the container; its output drained on a thread (a flood never blocks it)."""
 
-    def __init__(self, client, container, cmd: list[str]):
-        self.client, self.exit_code = client, None
+    def __init__(self, client, container, cmd: list[str], env: dict | None = None, keep: int = TAIL):
+        self.client, self.exit_code, self.keep = client, None, max(keep, TAIL)
         self.head, self.tail, self.total = bytearray(), bytearray(), 0  # output kept, bytes seen
-        self.exec_id = client.api.exec_create(container.id, cmd, workdir=None)["Id"]
+        self.exec_id = client.api.exec_create(container.id, cmd, environment=env)["Id"]
         self.stream = client.api.exec_start(self.exec_id, stream=True, demux=False)
         self.thread = threading.Thread(target=self._drain, daemon=True)
         self.thread.start()
@@ -112,15 +56,16 @@ class _Exec:
                 self.total += len(chunk)
                 if len(self.head) < TAIL // 2:
                     self.head += chunk[: TAIL // 2 - len(self.head)]
-                self.tail = (self.tail + chunk)[-TAIL:]
+                self.tail = (self.tail + chunk)[-self.keep :]
         except Exception:
             pass  # the container was killed under us: the caller knows why
 
     def output(self) -> str:
         """The first and the last lines of the output: where a script first went wrong, and how it ended."""
-        if self.total <= len(self.tail):  # short enough to have kept it all
-            return self.tail.decode(errors="replace")
-        return (self.head + b"\n[...]\n" + self.tail).decode(errors="replace")
+        tail = self.tail[-TAIL:]
+        if self.total <= len(tail):  # short enough to have kept it all
+            return tail.decode(errors="replace")
+        return (self.head + b"\n[...]\n" + tail).decode(errors="replace")
 
     def wait(self, timeout: float) -> bool:
         """True when the command finished within `timeout` seconds."""
@@ -166,20 +111,25 @@ def run_trial(client, task: VerifyTask, image: str, oracle: bool, network: str, 
         _check(container.exec_run(["mkdir", "-p", "/logs/verifier", "/logs/agent"]), "mkdir /logs")
         timed_out = None
         if oracle:
-            container.put_archive("/", _tar(task.solution, task.executable, "solution"))
-            solve = _Exec(client, container, ["bash", "/solution/solve.sh"])
+            container.put_archive("/", _tar(task.solution, task.executable, task.solution_dir))
+            solve = _Exec(client, container, task.solve_command)
             if not solve.wait(task.agent_timeout):
-                timed_out = "solve.sh"
+                timed_out = _name(task.solve_command)
             solve_tail = solve.output()
-            log.append(f"$ solve.sh -> {solve.exit_code}\n{solve_tail}")
+            log.append(f"$ {_name(task.solve_command)} -> {solve.exit_code}\n{solve_tail}")
         rewards = Rewards(error="not run")
         if timed_out is None:
             container.put_archive("/", _tar(task.tests, task.executable, "tests"))
-            test = _Exec(client, container, ["bash", "/tests/test.sh"])
+            # a legacy task's verdict is in its pytest summary, which can be long: keep enough of it
+            keep = SUMMARY if task.legacy else TAIL
+            test = _Exec(client, container, task.test_command, task.test_env, keep)
+            script = _name(task.test_command)
             if not test.wait(task.verifier_timeout):
-                timed_out = "test.sh"
-            log.append(f"$ test.sh -> {test.exit_code}\n{test.output()}")
-            if timed_out is None:
+                timed_out = script
+            log.append(f"$ {script} -> {test.exit_code}\n{test.output()}")
+            if timed_out is None and task.legacy:
+                rewards = parse_pytest_summary(test.tail.decode(errors="replace"))
+            elif timed_out is None:
                 rewards = parse_rewards(_read(container, "reward.json"), _read(container, "reward.txt"))
         return TrialResult(Trial(rewards, timed_out), time.monotonic() - started, "\n".join(log), solve_tail)
     finally:
@@ -189,6 +139,10 @@ def run_trial(client, task: VerifyTask, image: str, oracle: bool, network: str, 
             pass  # already gone; gc by label catches anything else
         if lifeline is not None:
             lifeline.close()
+
+
+def _name(command: list[str]) -> str:
+    return command[-1].rsplit("/", 1)[-1]  # the script's file name, as rows and logs say it
 
 
 def _check(result, what: str) -> None:
