@@ -12,7 +12,8 @@ The runner:
   an autoscaling cluster adds nodes; two items queued per actor, so no actor waits for the driver. Ray
   Data retries an item whose actor or node died, so infrastructure failures never become results;
 - writes each receipt on the driver as its result arrives (after the item's output: a receipt means
-  the output is whole) and yields it, so the job can show progress.
+  the output is whole) and yields it, so the job can show progress. Receipts are written by a few
+  threads at once: one PUT at a time would cap a cluster at one item per store round trip.
 
 The job writes its completion marker (summary.json, manifest.json, ...) with `mark_complete` once every
 item is done: the marker is written last, so a reader that waits for it never sees half a run.
@@ -22,12 +23,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from taskray.core.storage import Store
 from taskray.errors import BadInput, JobFailed, TaskrayError
 
 RECEIPTS = "_progress"
+RECEIPT_WRITERS = 16  # receipts in flight at once
 
 
 def receipt_name(key: str) -> str:
@@ -101,13 +104,20 @@ def run_items(
         compute=pool,
     )
     finished = 0
+    writers = ThreadPoolExecutor(RECEIPT_WRITERS, thread_name_prefix="receipts")
+    writing: set[Future] = set()
     try:
         for row in ds.iter_rows():
             result = json.loads(row["result"])
-            receipt = {"plan_id": plan_id, "key": row["key"], "result": result}
-            store.write_bytes(receipt_name(row["key"]), json.dumps(receipt).encode())
+            receipt = json.dumps({"plan_id": plan_id, "key": row["key"], "result": result}).encode()
+            writing.add(writers.submit(store.write_bytes, receipt_name(row["key"]), receipt))
+            for written in [w for w in writing if w.done()]:
+                writing.discard(written)
+                written.result()  # a receipt that could not be written fails the run now, not later
             finished += 1
             yield row["key"], result
+        for written in writing:
+            written.result()  # every receipt is down before the job may write its completion marker
     except Exception as err:  # an item kept failing after Ray Data's retries, or storage did
         cause = _root_cause(err)
         if isinstance(cause, BadInput):
@@ -118,6 +128,8 @@ def run_items(
         if isinstance(cause, TaskrayError):  # e.g. a StorageError raised in a worker: say it as it is
             raise type(cause)(f"{cause}; {resume}") from err
         raise JobFailed(f"an item failed: {type(cause).__name__}: {cause}; {resume}") from err
+    finally:
+        writers.shutdown(wait=True)  # receipts of results already received are kept, even on failure
 
 
 def _root_cause(err: BaseException) -> BaseException:
