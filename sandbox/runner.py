@@ -18,8 +18,14 @@ Threat model -- what the candidate can and cannot do:
 - The candidate cannot reach this runner: fds 0/1 (the host channel) are replaced in the child, and
   the runner is non-dumpable, so /proc/1/fd and /proc/1/mem are closed to it; as a namespace's init it
   ignores every signal sent from inside the container, so it cannot be killed to fake an infra error.
+- Semantic forgery (a job with a "judge", as eval's are): the tests run in a namespace of their own with
+  the builtins as they were before the candidate ran, and get the candidate's functions through wrappers
+  that pass plain built-in data only, so an object whose == is always true or a rigged subclass fails.
+  The builtins and the modules the tests use are snapshotted before the candidate runs and compared
+  after the tests; any replacement fails the job, named ("replaced builtins.abs"). See `judged`.
 - Not defended: code that deliberately digs the nonce out of its own interpreter (gc, frames) can forge
-  a pass. That needs knowledge of this harness and still gains nothing outside the container.
+  a pass, and frame-walking code could likewise reach into the tests' namespace. That needs knowledge of
+  this harness and still gains nothing outside the container.
 - Leftovers: after each job the whole process group is SIGKILLed, then every other process (kill -1);
   processes that escaped the group, files outside the job folder, a timeout or an OOM are reported as
   "tainted" and the host replaces the container.
@@ -29,6 +35,7 @@ import ctypes
 import gc
 import json
 import os
+import re
 import resource
 import selectors
 import shutil
@@ -37,6 +44,7 @@ import struct
 import sys
 import time
 import traceback
+import types
 
 WORK = "/work"
 JOB_DIR = "/work/job"
@@ -106,8 +114,11 @@ def child(job, out_w, err_w, verdict_w):
         traceback.print_exc()
         write(VERDICT_FD, b"compile-error")
         _exit(1)
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    judge = job.get("judge")
     del job
+    if judge is not None:
+        judged(codes, judge, nonce, write, _exit)
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
         for code in codes:
             exec(code, namespace)
@@ -124,6 +135,192 @@ def child(job, out_w, err_w, verdict_w):
         pass
     write(VERDICT_FD, nonce)
     _exit(0)
+
+
+# -- trusted judgement: a pass needs honest values and untouched modules ---------------------------------
+# The candidate and the tests are separate: the tests run in a namespace of their own, with the builtins
+# as they were before the candidate ran, and see the candidate's functions only through wrappers that
+# let plain built-in data through and nothing else (an object whose == is always true, a str subclass,
+# a rigged number). Modules the tests rely on are snapshotted before the candidate runs and compared
+# after the tests: a replaced builtin or library function is a failure, named. Everything the harness
+# calls below was bound before candidate code ran.
+PLAIN = (bool, int, float, complex, str, bytes, type(None))
+CONTAINERS = (list, tuple, dict, set, frozenset)
+MISSING = object()
+HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement, not by C
+BASELINE = {}  # the snapshot of the builtins and the warm modules, taken once before any job (main)
+IMPORTED = re.compile(r"^[ \t]*(?:import|from)[ \t]+([\w.]+)", re.MULTILINE)
+
+
+class Rigged(BaseException):
+    """A candidate function handed the tests something other than plain data (not an Exception, so a
+    test's `except Exception` cannot swallow it)."""
+
+
+def plain_data_check(allowed):
+    """A function telling why a value is not plain built-in data (None when it is). Besides the built-in
+    types, the standard library's own dict subclasses and exact numbers pass, as honest solutions return
+    them and tests accept them (a Counter for a histogram): their code is the library's, and the
+    tampering check covers the library."""
+    import collections
+    import decimal
+    import fractions
+
+    scalars = frozenset((*PLAIN, fractions.Fraction, decimal.Decimal, *allowed))
+    containers = frozenset((*CONTAINERS, collections.deque))
+    mappings = frozenset((dict, collections.Counter, collections.OrderedDict, collections.defaultdict))
+    _type, _id, _dict_items, defaultdict = type, id, dict.items, collections.defaultdict
+    factories = frozenset((None, *PLAIN, *CONTAINERS))
+    qualname = type.__dict__["__qualname__"].__get__  # a metaclass cannot fake what this reads
+
+    def why_not(value, depth=0, seen=None):
+        t = _type(value)
+        if t in scalars:
+            return None
+        if t not in containers and t not in mappings:
+            return f"an object of type {qualname(t)}"
+        if t is defaultdict and value.default_factory not in factories:
+            return "a defaultdict whose missing keys come from the candidate's own code"
+        if depth > 200:
+            return "data nested more than 200 deep"
+        seen = set() if seen is None else seen
+        if _id(value) in seen:
+            return None
+        seen.add(_id(value))
+        parts = (x for kv in _dict_items(value) for x in kv) if t in mappings else value
+        for part in parts:
+            problem = why_not(part, depth + 1, seen)
+            if problem is not None:
+                return problem
+        return None
+
+    return why_not
+
+
+def snapshot(names):
+    """{module name: (module, its attributes, its classes' attributes)}, taken before the candidate runs.
+    Tuples all the way down: the candidate can reach this module's globals, but not change a tuple."""
+    taken = {}
+    for name in names:
+        module = sys.modules.get(name)
+        if module is None:
+            continue
+        attrs = tuple(vars(module).items())
+        classes = tuple(  # only classes written in Python can be changed; built-in types refuse it
+            (attr, obj, tuple(vars(obj).items()))
+            for attr, obj in attrs
+            if isinstance(obj, type) and obj.__flags__ & HEAP_TYPE and obj.__module__ == name
+        )
+        taken[name] = (module, attrs, classes)
+    return taken
+
+
+def tampering(taken, modules, missing=MISSING, _vars=vars):
+    """What the candidate replaced, in words. (`vars` is bound at definition: the candidate may have
+    replaced the builtin with one that hides its changes.)"""
+    found = []
+    for name, (module, attrs, classes) in taken.items():
+        if modules.get(name) is not module:
+            found.append(f"replaced module {name}")
+            continue
+        now = _vars(module)
+        found += [f"replaced {name}.{a}" for a, obj in attrs if now.get(a, missing) is not obj]
+        for cls_name, cls, cls_attrs in classes:
+            cls_now = _vars(cls)
+            changed = [a for a, obj in cls_attrs if cls_now.get(a, missing) is not obj]
+            found += [f"replaced {name}.{cls_name}.{a}" for a in changed]
+    return found
+
+
+def resolve_types(names):
+    """Types by 'module:qualname', as the problem's reference solution returns them."""
+    import importlib
+
+    found = []
+    for spec in names:
+        module, _, qual = spec.partition(":")
+        obj = importlib.import_module(module)
+        for part in qual.split("."):
+            obj = getattr(obj, part)
+        found.append(obj)
+    return found
+
+
+def judged(codes, judge, nonce, write, _exit):
+    """Run the candidate (codes[0]), then the tests (codes[1:]) on its entry point; never returns.
+
+    The candidate can reach this module (`import __main__`) and every builtin, so everything used after
+    it ran is bound here first, as a local of this call."""
+    import builtins
+
+    probe = judge.get("probe", False)  # a reference solution: record what it returns, fail nothing
+    imported = IMPORTED.findall(judge.get("test_source", ""))
+    more = dict.fromkeys(n for n in imported if n not in BASELINE and n != "__main__")
+    taken = {**BASELINE, **snapshot(more)}  # a copy: the candidate can reach BASELINE, not this
+    pristine = dict(vars(builtins))
+    why_not = plain_data_check(resolve_types(judge.get("allowed_types", ())))
+    entry_point = judge["entry_point"]
+    _tampering, _rigged, _modules, _dict, _list, _sorted = tampering, Rigged, sys.modules, dict, list, sorted
+    _isinstance, _callable, _print, _type, _dumps = isinstance, callable, print, type, json.dumps
+    _functions, _module_type = (types.FunctionType, types.BuiltinFunctionType), types.ModuleType
+    _join, _flush, _flush_err, _print_exc = "; ".join, sys.stdout.flush, sys.stderr.flush, traceback.print_exc
+    qualname = type.__dict__["__qualname__"].__get__
+    violations, returned = [], set()
+
+    def wrap(fn, name):
+        def call(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            problem = why_not(result)
+            if problem is not None:
+                if probe:
+                    kind = _type(result)
+                    returned.add(f"{kind.__module__}:{qualname(kind)}")
+                    return result
+                violations.append(f"{name} returned {problem}")
+                raise _rigged(violations[-1])
+            return result
+
+        return call
+
+    def verdict_and_exit(ok):
+        problems = violations + _tampering(taken, _modules)
+        if problems:
+            write(VERDICT_FD, b"rigged:" + _join(problems)[:1000].encode("utf-8", "replace"))
+            _exit(1)
+        if not ok:
+            _exit(1)
+        write(VERDICT_FD, nonce + (b"|" + _dumps(_sorted(returned)).encode() if probe else b""))
+        _exit(0)
+
+    candidate = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        exec(codes[0], candidate)
+        entry = candidate.get(entry_point)
+        if not _callable(entry):
+            _print(f"the candidate defines no function {entry_point}", file=sys.stderr)
+            verdict_and_exit(False)
+        tests = {"__name__": "__main__", "__builtins__": _dict(pristine)}
+        for name, obj in _list(candidate.items()):  # helpers the prompt defined, for tests that call them
+            if name.startswith("__") or name in pristine:
+                continue
+            if _isinstance(obj, _functions):
+                tests[name] = wrap(obj, name)
+            elif _isinstance(obj, _module_type) and _modules.get(obj.__name__) is obj:
+                tests[name] = obj
+            elif why_not(obj) is None:
+                tests[name] = obj
+        for code in codes[1:]:
+            exec(code, tests)
+        tests["check"](wrap(entry, entry_point))
+        _flush()
+        _flush_err()
+    except BaseException:  # SystemExit and KeyboardInterrupt too: leaving early is failing
+        try:
+            _print_exc()
+        except BaseException:
+            pass
+        verdict_and_exit(False)
+    verdict_and_exit(True)
 
 
 # -- the runner side --------------------------------------------------------------------------------------
@@ -322,6 +519,7 @@ def main():
     ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # closes /proc/1/{fd,mem,environ} to the jobs
     for name in WARM_MODULES:
         __import__(name)
+    BASELINE.update(snapshot(["builtins", *WARM_MODULES]))  # forked children inherit it, untouched
     # Move everything loaded so far out of the collector's sight: a collection in a forked child would
     # otherwise touch every object, copy every page (copy-on-write) and cost ~5 ms per job.
     gc.collect()

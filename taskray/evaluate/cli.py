@@ -81,7 +81,7 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     start = time.monotonic()
     rows = evaluate(
-        jobs, args.out, workers, args.containers, limits, args.fresh_container, not args.no_progress
+        jobs, args.out, workers, args.containers, limits, args.fresh_container, not args.no_progress, problems
     )
     wall = time.monotonic() - start
     summary = {

@@ -144,6 +144,17 @@ def program_parts(problem: dict, completion: str) -> list[str]:
     return [candidate, problem["test"] + "\n" + f"check({problem['entry_point']})"]
 
 
+def judged_parts(problem: dict, completion: str, allowed_types: list[str] = ()) -> tuple[list[str], dict]:
+    """[candidate code, test code] and the judge's terms: the sandbox runs the tests apart from the
+    candidate, calls `check(entry_point)` itself, and lets only plain built-in data (plus
+    `allowed_types`, 'module:qualname' of what the reference solution returns) reach the tests."""
+    candidate = program_parts(problem, completion)[0]
+    judge = {"entry_point": problem["entry_point"], "test_source": problem["test"]}
+    if allowed_types:
+        judge["allowed_types"] = list(allowed_types)
+    return [candidate, problem["test"]], judge
+
+
 def build_program(problem: dict, completion: str) -> str:
     """The whole program as one text (what a reader or another harness would run)."""
     return "\n\n".join(program_parts(problem, completion))

@@ -23,6 +23,7 @@ from taskray.core.storage import Store
 from taskray.evaluate import humaneval
 from taskray.sandbox.client import STATUSES, ContainerLimits
 
+RETURNED_TYPE = "returned an object of type"  # the judge's words for a value that is not plain data
 BATCH = 8  # samples per actor call: big enough to hide the call overhead, small enough to balance load
 CONCURRENT_BATCHES = 2  # per actor: a container freed by a fast job takes the next batch's work
 
@@ -40,7 +41,16 @@ class EvalWorker:
 
     def __call__(self, item: dict) -> dict:
         jobs = item["jobs"]
-        results = self.pool.map((job["sources"], job["timeout"]) for job in jobs)
+        if "probe" in item:  # a reference solution first: the types it returns are honest for its problem
+            probe = item["probe"]
+            ran = self.pool.run(probe["sources"], probe["timeout"], probe["judge"])
+            allowed = (
+                json.loads(ran.detail.removeprefix("returns ")) if ran.detail.startswith("returns ") else []
+            )
+            if not ran.passed or not allowed:
+                return {"rows": []}  # the reference itself returns plain data: the verdicts stand
+            jobs = [{**j, "judge": {**j["judge"], "allowed_types": allowed}} for j in jobs]
+        results = self.pool.map((job["sources"], job["timeout"], job.get("judge")) for job in jobs)
         return {
             "rows": [
                 {"task_id": j["task_id"], "sample": j["sample"], **r.to_dict()} for j, r in zip(jobs, results)
@@ -50,15 +60,38 @@ class EvalWorker:
 
 def make_jobs(problems: list[dict], samples: list[dict], timeout: float) -> list[dict]:
     by_id = {p["task_id"]: p for p in problems}
-    return [
-        {
-            "task_id": s["task_id"],
-            "sample": s["sample"],
-            "timeout": timeout,
-            "sources": humaneval.program_parts(by_id[s["task_id"]], s["completion"]),
-        }
-        for s in samples
-    ]
+    jobs = []
+    for s in samples:
+        sources, judge = humaneval.judged_parts(by_id[s["task_id"]], s["completion"])
+        jobs.append(
+            {
+                "task_id": s["task_id"],
+                "sample": s["sample"],
+                "timeout": timeout,
+                "sources": sources,
+                "judge": judge,
+            }
+        )
+    return jobs
+
+
+def rejudge_items(problems: list[dict], jobs: list[dict], rows: list[dict]) -> dict[str, dict]:
+    """Problems where samples failed only for returning a non-plain type: each an item that runs the
+    reference solution first and, if it returns such types too, the samples again with those allowed."""
+    by_id = {p["task_id"]: p for p in problems}
+    typed = {
+        (r["task_id"], r["sample"]) for r in rows if r["status"] == "failed" and RETURNED_TYPE in r["detail"]
+    }
+    items: dict[str, dict] = {}
+    for job in jobs:
+        if (job["task_id"], job["sample"]) in typed:
+            problem = by_id[job["task_id"]]
+            if f"rejudge-{job['task_id']}" not in items:
+                sources, judge = humaneval.judged_parts(problem, humaneval.canonical_completion(problem))
+                probe = {"sources": sources, "timeout": job["timeout"], "judge": {**judge, "probe": True}}
+                items[f"rejudge-{job['task_id']}"] = {"probe": probe, "jobs": []}
+            items[f"rejudge-{job['task_id']}"]["jobs"].append(job)
+    return items
 
 
 def self_check_samples(problems: list[dict], repeat: int = 1) -> list[dict]:
@@ -78,9 +111,11 @@ def evaluate(
     limits: ContainerLimits,
     fresh: bool = False,
     progress: bool = True,
+    problems: list[dict] | None = None,
 ) -> list[dict]:
     """Run jobs on `workers` actors, recording finished batches under `out`; rows come back in job
-    order. Ray must be initialised."""
+    order. Ray must be initialised. With `problems`, samples that failed only for returning a type
+    other than plain data are judged again if the problem's reference solution returns that type too."""
     store = Store(out)
     batches = {f"batch-{i // BATCH:06d}": {"jobs": jobs[i : i + BATCH]} for i in range(0, len(jobs), BATCH)}
     plan = {"jobs": jobs, "limits": vars(limits), "fresh": fresh}
@@ -105,7 +140,14 @@ def evaluate(
             bar.update(
                 finished, f"{finished}/{len(jobs)} samples | {counts} | {finished / bar.elapsed:,.0f}/s"
             )
-    return [row for key in sorted(batches) for row in done[key]["rows"]]
+    rows = [row for key in sorted(batches) for row in done[key]["rows"]]
+    rejudge = {k: v for k, v in rejudge_items(problems or [], jobs, rows).items() if k not in done}
+    for key, result in run_items(rejudge, EvalWorker, store, plan_id, worker_args, actors=workers):
+        done[key] = result
+    again = {
+        (r["task_id"], r["sample"]): r for k in done if k.startswith("rejudge-") for r in done[k]["rows"]
+    }
+    return [again.get((r["task_id"], r["sample"]), r) for r in rows]
 
 
 def metrics(rows: list[dict], ks: tuple[int, ...] = (1, 10, 100)) -> dict:

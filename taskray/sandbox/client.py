@@ -25,6 +25,7 @@ from taskray.sandbox.daemon import (
 )
 
 STATUSES = ("passed", "failed", "timeout", "oom", "error", "infra_error")
+RIGGED = "rigged:"  # a failed verdict's prefix when values or modules were rigged; the detail follows
 SANDBOX_UID = 10001  # the image's non-root user (sandbox/Dockerfile)
 START_TIMEOUT = 60.0  # a cold container answers in well under a second; a loaded daemon may need more
 GRACE = 3.0  # beyond the job's own timeout, before the host kills the container from outside
@@ -177,8 +178,11 @@ class Sandbox:
         return self._err.decode("utf-8", "replace")[-1000:]
 
     # -- jobs -----------------------------------------------------------------------------------------
-    def run(self, sources: list[str] | str, timeout: float = 10.0) -> Result:
+    def run(self, sources: list[str] | str, timeout: float = 10.0, judge: dict | None = None) -> Result:
         """Run `sources` (compiled one by one, executed in one namespace) as one job.
+
+        With `judge` ({"entry_point", "test_source", "allowed_types", "probe"}), sources are [candidate,
+        tests]: the tests run apart from the candidate and a pass needs honest values (sandbox/runner.py).
 
         Raises InfraError when the container or runner fails; the container is then unusable.
         """
@@ -196,6 +200,7 @@ class Sandbox:
                     "nonce": nonce,
                     "timeout": timeout,
                     "output_cap": self.limits.output_cap,
+                    **({"judge": judge} if judge is not None else {}),
                 }
             )
             reply = self._read_frame(start + timeout + GRACE)
@@ -225,15 +230,28 @@ class Sandbox:
             status = "timeout"
         elif r["oom"]:
             status = "oom"
-        elif hmac.compare_digest(r["verdict"].encode(), nonce.encode()):
+        verdict, said = r["verdict"], []
+        returns = ""
+        if verdict.startswith(nonce + "|"):  # a reference solution's probe: what types it returned
+            verdict, returns = verdict[: len(nonce)], verdict[len(nonce) + 1 :]
+        if r["timed_out"]:
+            status = "timeout"
+        elif r["oom"]:
+            status = "oom"
+        elif hmac.compare_digest(verdict.encode(), nonce.encode()):
             status = "passed"
-        elif r["verdict"] == "compile-error":
+        elif verdict == "compile-error":
             status = "error"
         else:
             status = "failed"
+            if verdict.startswith(RIGGED):  # the harness's judgement (or the candidate's own words: a fail)
+                said.append(verdict[len(RIGGED) :])
         if r["timed_out"] or r["oom"] or r["tainted"]:
             self.usable = False  # what a job did to this container may affect the next one
-        detail = "; ".join(r["tainted"] + ([f"killed by signal {r['signal']}"] if r["signal"] else []))
+        if returns:
+            said.append(f"returns {returns}")
+        said += r["tainted"] + ([f"killed by signal {r['signal']}"] if r["signal"] else [])
+        detail = "; ".join(said)
         return Result(
             status,
             exit_code=r["exit_code"],

@@ -85,7 +85,7 @@ class SandboxPool:
             return [b.container.id for b in self._all]
 
     # -- jobs -----------------------------------------------------------------------------------------
-    def run(self, sources: list[str] | str, timeout: float = 10.0) -> Result:
+    def run(self, sources: list[str] | str, timeout: float = 10.0, judge: dict | None = None) -> Result:
         """Run one job; infra failures are retried on fresh containers before being reported."""
         if self._closed:
             raise RuntimeError("the sandbox pool is closed")
@@ -101,7 +101,7 @@ class SandboxPool:
             else:
                 start = time.monotonic()
                 try:
-                    result = got.run(sources, timeout)
+                    result = got.run(sources, timeout, judge)
                 except InfraError as e:
                     result = Result("infra_error", wall_time=time.monotonic() - start, detail=str(e))
                 if got.usable and not self.fresh:
@@ -113,8 +113,8 @@ class SandboxPool:
                 break
         return result
 
-    def map(self, jobs: Iterable[tuple[list[str] | str, float]]) -> Iterator[Result]:
-        """Run (sources, timeout) jobs on all containers at once; results in input order."""
+    def map(self, jobs: Iterable[tuple]) -> Iterator[Result]:
+        """Run (sources, timeout[, judge]) jobs on all containers at once; results in input order."""
         with ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="sandbox-job") as ex:
             yield from ex.map(lambda job: self.run(*job), jobs)
 
