@@ -248,6 +248,16 @@ def test_verify_submitted_as_a_job_survives_a_worker_node_killed(tmp_path):
         assert any("MapWorker" in t for t in c.actors_on(0))
         c.kill_worker(0)
         finish(job, started)
+
+        # now that the images exist (on every node here: they share one Docker daemon), a new run sends
+        # each environment to a node that holds its image, spread over the nodes
+        placed = tmp_path / "placed"
+        run = c.run("verify", *args, "--out", str(placed))
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "9 environments go to nodes that already hold their images" in run.stderr
+        results = [json.loads(line) for line in (placed / "results.jsonl").read_text().splitlines()]
+        assert all(r["node"] == r["placed_on"] for r in results), results
+        assert len({r["node"] for r in results}) == 3  # head + the two worker nodes left
     finally:
         c.shutdown()
     got = pq.read_table(killed / "catalog" / "verify.parquet").to_pylist()

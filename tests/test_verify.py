@@ -174,6 +174,16 @@ def test_legacy_tasks_are_judged_by_pytest_s_summary(tmp_path):
     assert "solution.yaml" in load_task(keystrokes).unsupported
 
 
+def test_environments_go_to_nodes_that_hold_their_images():
+    from taskray.verify.images import place
+
+    holdings = {"a": {"img-1", "img-2"}, "b": {"img-2"}, "c": set()}
+    images = {"e1": "img-1", "e2": "img-2", "e3": "img-2", "e4": "img-3", "e5": None}
+    # img-1 only on a; img-2 on a and b, spread by load; nobody holds img-3: built wherever it lands
+    assert place(images, holdings) == {"e1": "a", "e2": "b", "e3": "a"}
+    assert place(images, {}) == {}
+
+
 def test_unreachable_hosts_are_read_from_a_script_s_output():
     from taskray.verify.rewards import unreachable_host
 

@@ -73,36 +73,45 @@ def run_items(
     cpus_per_actor: float = 1,
     actors: int | None = None,
     concurrent_calls: int = 1,
+    placement: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, dict]]:
     """Run every item not finished yet; yield (key, result) as each finishes. Ray must be initialised.
 
     `actors` fixes the pool's size (default: one per free CPU, growing with the cluster).
     `concurrent_calls` > 1 runs that many queued items at once in each actor (threads): for workers
     that wait on something else, like containers, rather than compute.
+    `placement` maps keys to the Ray node that should run them (where their inputs already are): those
+    items go to a pool of actors on that node (soft: if the node is gone, anywhere), the rest as usual.
     """
     import ray
 
     if not items:
         return
-    if actors:
-        sizes = {"size": min(actors, len(items))}
-    else:
-        cpus = max(1, int(ray.available_resources().get("CPU", 1) // max(cpus_per_actor, 1e-9)))
-        # above the CPUs there are now, Ray Data grows the pool only when an autoscaling cluster adds nodes
-        sizes = {"min_size": 1, "initial_size": min(cpus, len(items)), "max_size": len(items)}
-    threads = {"max_concurrent_calls_per_actor": concurrent_calls, "enable_true_multi_threading": True}
-    pool = ray.data.ActorPoolStrategy(
-        **sizes,
-        max_tasks_in_flight_per_actor=2 * concurrent_calls,  # the next item is always waiting
-        **(threads if concurrent_calls > 1 else {}),
-    )
-    rows = [{"key": key, "item": json.dumps(item)} for key, item in items.items()]
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
-        _ItemActor,
-        fn_constructor_kwargs={"worker": worker, "worker_args": worker_args or {}},
-        num_cpus=cpus_per_actor,
-        compute=pool,
-    )
+    placement = {k: n for k, n in (placement or {}).items() if k in items}
+    by_node: dict[str, list[str]] = {}
+    for key, node in placement.items():
+        by_node.setdefault(node, []).append(key)
+    node_cpus = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]}
+    common = {"worker": worker, "worker_args": worker_args or {}, "cpus_per_actor": cpus_per_actor}
+    common["concurrent_calls"] = concurrent_calls
+    parts = []
+    for node, keys in sorted(by_node.items()):
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        size = max(1, min(len(keys), int(node_cpus.get(node, 1) // max(cpus_per_actor, 1e-9))))
+        pinned = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
+        parts.append(_mapped(items, keys, {"min_size": 1, "max_size": size}, pinned, **common))
+    rest = [key for key in items if key not in placement]
+    if rest:
+        if actors:
+            sizes = {"size": min(actors, len(rest))}
+        else:
+            cpus = max(1, int(ray.available_resources().get("CPU", 1) // max(cpus_per_actor, 1e-9)))
+            # above the CPUs there are now, Ray Data grows the pool only when an autoscaling cluster adds
+            # nodes
+            sizes = {"min_size": 1, "initial_size": min(cpus, len(rest)), "max_size": len(rest)}
+        parts.append(_mapped(items, rest, sizes, {}, **common))
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     finished = 0
     writers = ThreadPoolExecutor(RECEIPT_WRITERS, thread_name_prefix="receipts")
     writing: set[Future] = set()
@@ -130,6 +139,35 @@ def run_items(
         raise JobFailed(f"an item failed: {type(cause).__name__}: {cause}; {resume}") from err
     finally:
         writers.shutdown(wait=True)  # receipts of results already received are kept, even on failure
+
+
+def _mapped(
+    items: dict[str, dict],
+    keys: list[str],
+    sizes: dict,
+    remote_args: dict,
+    worker: Callable,
+    worker_args: dict,
+    cpus_per_actor: float,
+    concurrent_calls: int,
+):
+    """The dataset of the items `keys`, mapped by a pool of `sizes` actors."""
+    import ray
+
+    threads = {"max_concurrent_calls_per_actor": concurrent_calls, "enable_true_multi_threading": True}
+    pool = ray.data.ActorPoolStrategy(
+        **sizes,
+        max_tasks_in_flight_per_actor=2 * concurrent_calls,  # the next item is always waiting
+        **(threads if concurrent_calls > 1 else {}),
+    )
+    rows = [{"key": key, "item": json.dumps(items[key])} for key in keys]
+    return ray.data.from_items(rows, override_num_blocks=len(rows)).map(
+        _ItemActor,
+        fn_constructor_kwargs={"worker": worker, "worker_args": worker_args},
+        num_cpus=cpus_per_actor,
+        compute=pool,
+        **remote_args,
+    )
 
 
 def _root_cause(err: BaseException) -> BaseException:

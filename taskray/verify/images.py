@@ -2,7 +2,8 @@
 
 An image is named after the environment's content hash (and the base map's rewrites), so tasks with
 one environment share one build and later runs reuse it. The verify job gives each environment to one
-actor, so one image is never built twice at once.
+actor, so one image is never built twice at once, and on a cluster it sends an environment to a node
+that already holds its image (`place`).
 
 Kept images are capped per machine: after an environment's tasks are done, the least recently used
 environment images are removed until their own layers (not the shared base layers) fit the cap. Use is
@@ -84,6 +85,31 @@ def build(client, task: VerifyTask, base_map: dict[str, str]) -> Built:
         except BuildError as e:
             raise BuildFailed(str(e)) from None
     return Built(tag, client.images.get(tag).id, time.monotonic() - started, rewrites)
+
+
+def place(images: dict[str, str | None], holdings: dict[str, set[str]]) -> dict[str, str]:
+    """Which node should run each environment: one that already holds its image, the least loaded of
+    those; environments no node holds are left out (they build wherever they land). Pure."""
+    load = dict.fromkeys(holdings, 0)
+    placed = {}
+    for key, image in sorted(images.items()):
+        holders = sorted(node for node, held in holdings.items() if image in held)
+        if holders:
+            node = min(holders, key=lambda n: (load[n], n))
+            placed[key] = node
+            load[node] += 1
+    return placed
+
+
+def images_here(tags: list[str]) -> list[str]:
+    """The environment images among `tags` that this machine's Docker holds ([] without Docker)."""
+    from taskray.sandbox.daemon import SandboxUnavailable, docker_client
+
+    try:
+        client = docker_client(timeout=30)
+    except SandboxUnavailable:
+        return []
+    return [tag for tag in tags if client.api.images(name=tag)]
 
 
 def _local_or_pulled(client, image: str):

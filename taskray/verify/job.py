@@ -71,12 +71,15 @@ class VerifyWorker:
         self.cap_bytes = max_image_gb * 1e9
 
     def __call__(self, item: dict) -> dict:
+        import ray
+
         from taskray.verify.images import image_for, in_use, prune
 
         rows, runnable = [], []
+        node = ray.get_runtime_context().get_node_id()
         for ref, blob in _fetch_all(item["tasks"]):
             row = {"key": ref["key"], "image": None, "build_seconds": 0.0, "trial_seconds": 0.0}
-            row["attempts"] = 1
+            row.update(attempts=1, node=node, placed_on=item.get("node"))
             try:
                 task = load_task(blob)
             except TaskError as e:
@@ -222,10 +225,10 @@ def verify(
     rows = table.to_pylist()
     for r in rows:
         r["key"] = f"{r['source']}/{r['shard']}#{r['row']}"
-    groups = _group_by_environment(rows)
     from taskray.verify.bases import default_map
 
     base_map = {**(default_map() if offline else {}), **(base_map or {})}
+    groups = _group_by_environment(rows, base_map)
     plan = {
         "scan": scan_dest,
         "where": list(where),
@@ -257,7 +260,12 @@ def verify(
             "offline": offline,
             "max_image_gb": max_image_gb,
         }
-        for key, result in run_items(todo, VerifyWorker, store, plan_id, args, actors=workers):
+        placement = _placement(todo)  # nodes that hold an environment's image get its tasks
+        if placement:
+            say("verify", f"{len(placement)} environments go to nodes that already hold their images")
+        for key, result in run_items(
+            todo, VerifyWorker, store, plan_id, args, actors=workers, placement=placement
+        ):
             done[key] = result
             finished += len(result["rows"])
             tally.update(r["verdict"] for r in result["rows"])
@@ -266,17 +274,49 @@ def verify(
     return _write_outputs(store, rows, done, plan)
 
 
-def _group_by_environment(rows: list[dict]) -> dict[str, dict]:
-    """Tasks by environment hash (one build each); a task whose blob is not a task is its own group."""
+def _group_by_environment(rows: list[dict], base_map: dict[str, str]) -> dict[str, dict]:
+    """Tasks by environment hash (one build each), with the image each group runs on; a task whose blob
+    is not a task is its own group."""
+    from taskray.verify.images import image_for
+
     groups: dict[str, dict] = {}
     for r, blob in _fetch_all(rows):
         try:
-            env = load_task(blob).environment_hash
+            task = load_task(blob)
+            env, image = task.environment_hash, image_for(task, base_map)
         except TaskError:
-            env = "none-" + r["blob_sha256"][:16]
+            env, image = "none-" + r["blob_sha256"][:16], None
         ref = {k: r[k] for k in ("key", "source", "path", "shard", "row", "blob_sha256")}
-        groups.setdefault(env[:24], {"environment": env, "tasks": []})["tasks"].append(ref)
+        groups.setdefault(env[:24], {"environment": env, "image": image, "tasks": []})["tasks"].append(ref)
     return groups
+
+
+def _placement(groups: dict[str, dict]) -> dict[str, str]:
+    """On a cluster, each environment whose image some node already holds goes to such a node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from taskray.verify.images import images_here, place
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2:
+        return {}
+    tags = sorted({g["image"] for g in groups.values() if g["image"]})
+    ask = ray.remote(num_cpus=0)(images_here)
+    asked = {
+        node: ask.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(tags)
+        for node in nodes
+    }
+    holdings = {}
+    for node, ref in asked.items():
+        try:
+            holdings[node] = set(ray.get(ref, timeout=120))
+        except Exception:  # a node that cannot say (no Docker, gone): it holds nothing we know of
+            holdings[node] = set()
+    placed = place({k: g["image"] for k, g in groups.items()}, holdings)
+    for key, node in placed.items():
+        groups[key]["node"] = node
+    return placed
 
 
 def _write_outputs(store: Store, rows: list[dict], done: dict, plan: dict) -> dict:
