@@ -1,16 +1,19 @@
 """Scan throughput: the article's single-process loop vs `taskray scan` at 1 and 2 CPUs, in one run.
 
-    python benchmarks/scan.py [--tasks 300000] [--rounds 2]
-    python benchmarks/scan.py --tasks 1850000   # TaskTrove's own size: ~10 min to generate, ~15 min a round
+    python benchmarks/scan.py [--tasks 300000] [--rounds 2] [--profile real|tasktrove]
+    python benchmarks/scan.py --tasks 1850000 --profile tasktrove   # TaskTrove's own size
 
 Start-up (Ray Data's actors importing on 2 cores) is a fixed few seconds, so the smaller default corpus
 shows a lower ratio than a scan of the full corpus; the README reports both.
 
-Every contender reads the same synthetic corpus shaped like TaskTrove (`taskray synth --profile
-tasktrove`: nearly every blob a gzip'd Harbor tar of about 3 KB across all verifier families, with a
-little zip, xz, JSON, text, junk and corruption; no compression bombs, which the article's loop cannot
-survive) in its own process tree, pinned to the CPUs it is given (`taskset`, inherited by every Ray
-process), and we sample the RSS of the whole tree (for taskray: driver, raylet, workers).
+Every contender reads the same corpus, by default built from the real Harbor tasks in
+../shared/data/harbor-tasks (`taskray synth --profile real`: each row one of them, its instruction
+varied, plus a log-normal data file; about 5 KB compressed and 25 KB raw per task, like TaskTrove's),
+or with `--profile tasktrove` the synthetic one (nearly every blob a gzip'd Harbor tar of about 3 KB
+across all verifier families, with a little zip, xz, JSON, text, junk and corruption; no compression
+bombs, which the article's loop cannot survive), in its own process tree, pinned to the CPUs it is
+given (`taskset`, inherited by every Ray process), and we sample the RSS of the whole tree (for
+taskray: driver, raylet, workers).
 Library imports and Ray start-up are not timed, for either side.
 
 Two more measurements put the ratios in context, because on a shared 2-core VM the second core is not
@@ -39,6 +42,7 @@ from pathlib import Path
 
 from taskray.scan.detect import ARTICLE_JSON_KEYS, ARTICLE_NAME_TOKENS  # the article's rule, one definition
 
+HARBOR_TASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "harbor-tasks"
 ARTICLE_KEYS = set(ARTICLE_JSON_KEYS)
 
 
@@ -165,6 +169,8 @@ def main() -> None:
     parser.add_argument("--child", choices=["article", "taskray", "hot-loop"], help=argparse.SUPPRESS)
     parser.add_argument("--cpus", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", choices=["real", "tasktrove"], default="real")
+    parser.add_argument("--tasks-from", default=str(HARBOR_TASKS), help="real tasks for --profile real")
     args = parser.parse_args()
 
     if args.child:
@@ -180,7 +186,7 @@ def main() -> None:
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("this benchmark needs 2 CPUs")
     one, two = set(sorted(os.sched_getaffinity(0))[:1]), set(sorted(os.sched_getaffinity(0))[:2])
-    corpus, tiny = (corpus_of(args.work, n) for n in (args.tasks, 1000))
+    corpus, tiny = (corpus_of(args.work, n, args.profile, args.tasks_from) for n in (args.tasks, 1000))
     me = [sys.executable, __file__, "--work", args.work]
     hot = me + ["--child", "hot-loop", "--corpus", corpus]
     contenders = {
@@ -233,15 +239,16 @@ def rate(result: dict) -> float:
     return result["tasks"] / result["seconds"]
 
 
-def corpus_of(work: str, tasks: int) -> str:
+def corpus_of(work: str, tasks: int, profile: str, tasks_from: str) -> str:
     from taskray.scan.synth import SYNTH_VERSION
 
-    corpus = Path(work) / f"tasktrove-like-{tasks}-v{SYNTH_VERSION}"
+    corpus = Path(work) / f"{profile}-{tasks}-v{SYNTH_VERSION}"
     if not (corpus / "done").exists():
         from taskray.scan.synth import synth_corpus
 
-        print(f"generating {tasks:,} tasks into {corpus} ...", flush=True)
-        synth_corpus(corpus, tasks, sources=8, seed=0, row_group_size=1000, profile="tasktrove")
+        print(f"generating {tasks:,} tasks ({profile}) into {corpus} ...", flush=True)
+        real = {"tasks_from": tasks_from} if profile == "real" else {}
+        synth_corpus(corpus, tasks, sources=8, seed=0, row_group_size=1000, profile=profile, **real)
         (corpus / "done").write_text("ok")
     return str(corpus)
 

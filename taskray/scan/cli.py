@@ -105,7 +105,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 # -- synth ----------------------------------------------------------------------------------------------
 def synth_arguments(parser: argparse.ArgumentParser) -> None:
-    from taskray.scan.synth import PROFILES
+    from taskray.scan.synth import PROFILES, REAL
 
     parser.add_argument("out", help="folder to write <source>/tasks.parquet shards into")
     parser.add_argument("--tasks", type=int, default=1000, help="number of task rows in all")
@@ -113,9 +113,13 @@ def synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--profile",
-        choices=sorted(PROFILES),
+        choices=sorted([*PROFILES, REAL]),
         default="all",
-        help="all: every family alike; tasktrove: nearly all gzip'd Harbor tars, like the real corpus",
+        help="all: every family alike; tasktrove: nearly all gzip'd Harbor tars, like the real corpus; "
+        "real: real Harbor tasks from --tasks-from, varied, with data files (about 5 KB per task)",
+    )
+    parser.add_argument(
+        "--tasks-from", default=None, help="with --profile real: a folder of Harbor task folders"
     )
 
 
@@ -124,7 +128,9 @@ def run_synth(args: argparse.Namespace) -> int:
 
     if args.tasks < 0 or args.sources < 1:
         raise BadInput(f"--tasks {args.tasks} --sources {args.sources}: need --tasks >= 0 and --sources >= 1")
-    files = synth_corpus(args.out, args.tasks, args.sources, args.seed, profile=args.profile)
+    files = synth_corpus(
+        args.out, args.tasks, args.sources, args.seed, profile=args.profile, tasks_from=args.tasks_from
+    )
     print(f"wrote {args.tasks} tasks in {len(files)} shards under {args.out}")
     return 0
 

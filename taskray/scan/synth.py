@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from taskray.errors import BadInput
 from taskray.scan.blob import DEFAULT_LIMITS
 from taskray.scan.sources import TASKTROVE_SCHEMA
 
@@ -58,6 +59,7 @@ EXPECTED_KIND: dict[str, str | None] = {
 # Relative frequencies. "all": every family about equally, to exercise detection (tests, the sample).
 # "tasktrove": shaped like TaskTrove itself, where nearly every blob is a gzip'd Harbor tar and other
 # shapes are rare; benchmarks use it (without bombs, which the article's loop cannot survive).
+REAL = "real"  # built from real Harbor tasks (synth_real.py), not from the families here
 _OTHER_SHAPES = ("pytest_zip", "pytest_xz", "json_problem", "jsonl_problems", "text", "junk")
 PROFILES = {
     "all": {f: 10 for f in EXPECTED_KIND}
@@ -376,11 +378,22 @@ def synth_corpus(
     row_group_size: int = 2000,
     profile: str = "all",
     parallel_from: int = 20_000,
+    tasks_from: str | Path | None = None,
 ) -> list[Path]:
     """Write `sources` folders `synth__source-<i>/tasks.parquet` holding `tasks` rows in all; from
-    `parallel_from` tasks on, one process per source (the bytes are the same either way)."""
-    families = [f for f in families or EXPECTED_KIND if PROFILES[profile][f] > 0]
-    weights = [PROFILES[profile][f] for f in families]
+    `parallel_from` tasks on, one process per source (the bytes are the same either way). The "real"
+    profile builds every row from the Harbor task folders in `tasks_from` (synth_real.py)."""
+    if (profile == REAL) != (tasks_from is not None):
+        raise BadInput("--profile real and --tasks-from DIR go together: real tasks are built from DIR")
+    if profile == REAL:
+        from taskray.scan.synth_real import load_tasks
+
+        real_tasks = load_tasks(tasks_from)  # read and checked here, before any process starts
+        families, weights = [], []
+    else:
+        real_tasks = None
+        families = [f for f in families or EXPECTED_KIND if PROFILES[profile][f] > 0]
+        weights = [PROFILES[profile][f] for f in families]
     jobs = [
         (
             Path(out),
@@ -390,6 +403,7 @@ def synth_corpus(
             families,
             weights,
             row_group_size,
+            real_tasks,
         )
         for s in range(sources)
     ]
@@ -402,15 +416,31 @@ def synth_corpus(
 
 
 def _write_source(
-    out: Path, s: int, count: int, seed: int, families: list[str], weights: list[float], row_group_size: int
+    out: Path,
+    s: int,
+    count: int,
+    seed: int,
+    families: list[str],
+    weights: list[float],
+    row_group_size: int,
+    real_tasks: list | None = None,
 ) -> Path:
     rng = random.Random(f"{seed}/{s}")
     paths, blobs = [], []
+    real = None
+    if real_tasks is not None:
+        from taskray.scan.synth_real import RealTasks
+
+        real = RealTasks(real_tasks, _prose)
     for i in range(count):
-        family = rng.choices(families, weights)[0]
         n = s * 1_000_000 + i
-        paths.append(f"{family}/{n}")
-        blobs.append(make_blob(family, n, rng))
+        if real is not None:
+            path, blob = real.blob(n, rng)
+        else:
+            family = rng.choices(families, weights)[0]
+            path, blob = f"{family}/{n}", make_blob(family, n, rng)
+        paths.append(path)
+        blobs.append(blob)
     folder = out / f"synth__source-{s}"
     folder.mkdir(parents=True, exist_ok=True)
     table = pa.table({"path": paths, "task_binary": blobs}, schema=TASKTROVE_SCHEMA)
