@@ -521,7 +521,7 @@ def main():
         __import__(name)
     BASELINE.update(snapshot(["builtins", *WARM_MODULES]))  # forked children inherit it, untouched
     # Move everything loaded so far out of the collector's sight: a collection in a forked child would
-    # otherwise touch every object, copy every page (copy-on-write) and cost ~5 ms per job.
+    # otherwise touch every object and copy every page (copy-on-write): milliseconds per job.
     gc.collect()
     gc.freeze()
     write_frame({"ready": True, "python": sys.version.split()[0], "pid": os.getpid(), "oom": oom_kills()})

@@ -154,8 +154,8 @@ def _read_task_config(parsed: ParsedBlob, det: Detection) -> None:
         # Two top-level scalars are all we read, and in Terminal-Bench's task.yaml a top-level key is a
         # line starting at column 0: the instruction around them is a block scalar (`|-`), whose lines
         # are indented. (A multi-line *quoted* scalar could put a look-alike line at column 0; the
-        # timeouts are hints, not evidence, so we accept that.) A YAML parser spent 30 us per file on
-        # the instruction text: 5% of a scan's CPU on a corpus with 7% legacy tasks.
+        # timeouts are hints, not evidence, so we accept that.) A YAML parser spent most of its time on
+        # the instruction text, a visible share of a scan's CPU on a corpus with a few legacy tasks.
         found = dict(_LEGACY_TIMEOUT.findall(yaml_text.removeprefix("\ufeff")))
         det.verifier_timeout_sec = _float(found.get("max_test_timeout_sec"))
         det.agent_timeout_sec = _float(found.get("max_agent_timeout_sec"))
