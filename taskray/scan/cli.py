@@ -7,7 +7,6 @@ from pathlib import Path
 
 from taskray.cli import positive, regex
 from taskray.errors import BadInput
-from taskray.scan.job import ROWS_PER_PIECE
 from taskray.scan.sources import HUB_DATASET
 
 SAMPLE_TASKS = 400
@@ -42,7 +41,7 @@ def scan_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="input files changed since the scan in --out began: scan them again",
     )
-    parser.add_argument("--rows-per-piece", type=positive, default=ROWS_PER_PIECE, help=argparse.SUPPRESS)
+    parser.add_argument("--rows-per-piece", type=positive, default=None, help=argparse.SUPPRESS)
 
 
 def run_scan(args: argparse.Namespace) -> int:

@@ -1,9 +1,9 @@
 """The scan job: stream TaskTrove shards through Ray Data, detect verifiers, write a resumable catalog.
 
-The unit of work is a *piece*: a run of whole row groups (about 20k rows) of one input parquet file. Each
-piece is read, parsed and written by one call of a long-lived Ray Data actor (`PieceScanner`) to its own
-catalog file, named after the input file and row range; the shared runner (core/runner.py) skips pieces
-an earlier run finished and records each one as it completes. So:
+The unit of work is a *piece*: a run of whole row groups (up to 20k rows; a 64th of a smaller corpus) of
+one input parquet file. Each piece is read, parsed and written by one call of a long-lived Ray Data actor
+(`PieceScanner`) to its own catalog file, named after the input file and row range; the shared runner
+(core/runner.py) skips pieces an earlier run finished and records each one as it completes. So:
 
 - exactly once: a piece's output is written atomically, then its receipt; a rerun after a crash redoes
   only the pieces without a receipt, and rewrites the same bytes if it redoes one;
@@ -42,7 +42,9 @@ from taskray.scan.sources import (
     shard_key,
 )
 
-ROWS_PER_PIECE = 20_000
+ROWS_PER_PIECE = 20_000  # the most rows in a piece
+MIN_PIECE_ROWS = 2_000
+TARGET_PIECES = 64  # enough pieces that the last ones, running alone, are a small tail on a few nodes
 BATCH_ROWS = 256  # blobs held in memory at once per worker
 
 
@@ -65,6 +67,15 @@ def read_inputs(shards: list[Shard]) -> list[InputFile]:
     each one is a round trip, and there are hundreds."""
     with ThreadPoolExecutor(max_workers=16) as pool:
         return list(pool.map(read_input, [s.url for s in shards]))
+
+
+def piece_rows(inputs: list[InputFile], limit: int | None = None) -> int:
+    """Rows per piece for a corpus: ROWS_PER_PIECE for large ones, smaller for smaller ones, so a scan of
+    a few hundred thousand tasks is not a handful of pieces whose last one runs on one CPU. Decided by
+    the inputs alone, so a rerun plans the same pieces whatever the cluster."""
+    total = sum(sum(f.row_groups) for f in inputs)
+    total = min(total, limit) if limit is not None else total
+    return max(MIN_PIECE_ROWS, min(ROWS_PER_PIECE, total // TARGET_PIECES))
 
 
 def plan_pieces(
@@ -226,7 +237,7 @@ def scan(
     source_filter: str | None = None,
     limit: int | None = None,
     num_cpus: int | None = None,
-    rows_per_piece: int = ROWS_PER_PIECE,
+    rows_per_piece: int | None = None,
     report: bool = True,
     rescan: bool = False,
 ) -> ScanResult:
@@ -241,6 +252,7 @@ def scan(
     store.check_writable("--out")
     shards = list_shards(source, source_filter)
     inputs = read_inputs(shards)
+    rows_per_piece = rows_per_piece or piece_rows(inputs, limit)
     pieces = plan_pieces(shards, inputs, limit, rows_per_piece)
     options = {"source_filter": source_filter, "limit": limit, "rows_per_piece": rows_per_piece}
     plan = _plan_record(source, options, inputs, pieces)
