@@ -188,17 +188,20 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
     sig = det.verifier_signals
     kinds: set[str] = set()
 
+    # Real test scripts run to kilobytes: a plain substring test (fast) comes before each regex, which
+    # then only confirms the word boundaries where the substring is there at all.
     test_sh = parsed.text("tests/test.sh")
+    runner = test_sh or ""
+    runs_pytest = "pytest" in runner and _PYTEST.search(runner) is not None
     if test_sh is not None:
         sig.append("tests/test.sh:present")
-        if _REWARD.search(test_sh):
+        if "reward." in test_sh and _REWARD.search(test_sh):
             sig.append("tests/test.sh:writes-reward")
             kinds.add("harbor_tests")
         else:
             sig.append("tests/test.sh:no-reward")
-        if _PYTEST.search(test_sh):
+        if runs_pytest:
             sig.append("tests/test.sh:runs-pytest")
-    runner = test_sh or ""
 
     # Most tasks have no article-name hit at all, so one search over all names spares a search per name.
     all_names = "\n".join(names).lower()
@@ -222,7 +225,7 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
         if n.endswith(".json") and n in parsed.files and n != "tests/config.json":
             json_members.append(n)
 
-    if py_tests and (_PYTEST.search(runner) or "harbor_tests" in kinds):
+    if py_tests and (runs_pytest or "harbor_tests" in kinds):
         sig.extend(f"{n}:pytest" for n in py_tests)
         kinds.add("pytest")
 
