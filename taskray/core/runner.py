@@ -91,7 +91,8 @@ def run_items(
     by_node: dict[str, list[str]] = {}
     for key, node in placement.items():
         by_node.setdefault(node, []).append(key)
-    node_cpus = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]}
+    alive = ray.nodes() if by_node else []
+    node_cpus = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in alive if n["Alive"]}
     common = {"worker": worker, "worker_args": worker_args or {}, "cpus_per_actor": cpus_per_actor}
     common["concurrent_calls"] = concurrent_calls
     parts = []
