@@ -264,12 +264,27 @@ def judged(codes, judge, nonce, write, _exit):
     _isinstance, _callable, _print, _type, _dumps = isinstance, callable, print, type, json.dumps
     _functions, _module_type = (types.FunctionType, types.BuiltinFunctionType), types.ModuleType
     _join, _flush, _flush_err, _print_exc = "; ".join, sys.stdout.flush, sys.stderr.flush, traceback.print_exc
+    _exec, _gettrace, _getprofile = exec, sys.gettrace, sys.getprofile
     qualname = type.__dict__["__qualname__"].__get__
     violations, returned = [], set()
+    # Checked around every call of the candidate's functions too, not only at the end: a patch that puts
+    # itself back before the end (a self-restoring random.randint) is caught while it is in place.
+    watched = {n: taken[n] for n in ("builtins", *imported) if n in taken}
+
+    def rigged_now():
+        found = _tampering(watched, _modules)
+        if _gettrace() is not None or _getprofile() is not None:
+            found.append("set a trace or profile hook")
+        return found
 
     def wrap(fn, name):
         def call(*args, **kwargs):
+            found = rigged_now()
             result = fn(*args, **kwargs)
+            found += rigged_now()
+            if found:
+                violations.extend(found)
+                raise _rigged(found[0])
             problem = why_not(result)
             if problem is not None:
                 if probe:
@@ -284,6 +299,9 @@ def judged(codes, judge, nonce, write, _exit):
 
     def verdict_and_exit(ok):
         problems = violations + _tampering(taken, _modules)
+        if _gettrace() is not None or _getprofile() is not None:
+            problems.append("set a trace or profile hook")
+        problems = _list(_dict.fromkeys(problems))  # each said once, in order
         if problems:
             write(VERDICT_FD, b"rigged:" + _join(problems)[:1000].encode("utf-8", "replace"))
             _exit(1)
@@ -310,7 +328,7 @@ def judged(codes, judge, nonce, write, _exit):
             elif why_not(obj) is None:
                 tests[name] = obj
         for code in codes[1:]:
-            exec(code, tests)
+            _exec(code, tests)
         tests["check"](wrap(entry, entry_point))
         _flush()
         _flush_err()
