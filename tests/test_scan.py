@@ -462,3 +462,13 @@ def test_synth_is_the_same_bytes_whenever_it_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "time", lambda: 1_900_000_000.0)  # years later: zip dates must not move
     second = synth_corpus(tmp_path / "b", 300, sources=1, seed=2)
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+
+
+def test_a_scan_in_out_keeps_its_piece_size(ray_local, tmp_path):
+    """Pieces are sized by the corpus, but a scan already in OUT keeps the size it began with: a rerun
+    (or --rescan after the corpus grew) finds its pieces, instead of refusing OUT as another scan's."""
+    corpus, out = tmp_path / "c", str(tmp_path / "o")
+    synth_corpus(corpus, 400, sources=2, seed=1)
+    first = scan(str(corpus), out, rows_per_piece=100)
+    again = scan(str(corpus), out)  # no size given: the one in OUT, not the one for 400 tasks
+    assert again.pieces == first.pieces == again.skipped_pieces

@@ -179,6 +179,13 @@ def _plan_record(source: str, options: dict, inputs: list[InputFile], pieces: li
     }
 
 
+def _earlier_piece_rows(store: Store) -> int | None:
+    if not store.exists("plan.json"):
+        return None
+    rows = json.loads(store.read_bytes("plan.json")).get("options", {}).get("rows_per_piece")
+    return rows if isinstance(rows, int) and rows > 0 else None
+
+
 def _check_plan(store: Store, plan: dict, rescan: bool) -> list[str]:
     """Compare with the plan a scan in DEST started from. Returns the input files whose outputs must be
     dropped and scanned again (only with `rescan`); refuses anything else that differs."""
@@ -252,7 +259,9 @@ def scan(
     store.check_writable("--out")
     shards = list_shards(source, source_filter)
     inputs = read_inputs(shards)
-    rows_per_piece = rows_per_piece or piece_rows(inputs, limit)
+    # a scan already in OUT keeps its piece size: its pieces, receipts and --rescan stay valid even when
+    # the corpus (and so the size chosen for it) has changed since
+    rows_per_piece = rows_per_piece or _earlier_piece_rows(store) or piece_rows(inputs, limit)
     pieces = plan_pieces(shards, inputs, limit, rows_per_piece)
     options = {"source_filter": source_filter, "limit": limit, "rows_per_piece": rows_per_piece}
     plan = _plan_record(source, options, inputs, pieces)
