@@ -164,19 +164,15 @@ class AutoscalingCluster:
                 },
             },
             "head_node_type": "ray.head.default",
-            **{k: {} for k in ("file_mounts",)},
-            **{
-                k: []
-                for k in (
-                    "cluster_synced_files",
-                    "initialization_commands",
-                    "setup_commands",
-                    "head_setup_commands",
-                    "worker_setup_commands",
-                    "head_start_ray_commands",
-                    "worker_start_ray_commands",
-                )
-            },
+            "file_mounts": {},
+            # the launcher's schema wants these; a fake provider runs none of them
+            "cluster_synced_files": [],
+            "initialization_commands": [],
+            "setup_commands": [],
+            "head_setup_commands": [],
+            "worker_setup_commands": [],
+            "head_start_ray_commands": [],
+            "worker_start_ray_commands": [],
         }
         config_path = Path(self.temp_dir, "autoscaler.json")
         config_path.write_text(json.dumps(config))
