@@ -437,8 +437,9 @@ def test_the_real_harbor_tasks_offline(ray_local, shared_data, tmp_path):
 
 @pytest.mark.timeout(600)
 def test_least_recently_used_images_are_pruned_beyond_the_cap(base_image, tmp_path, monkeypatch):
-    """Three environments of 5 MB each, used in order: a cap just below the total removes the oldest
-    only; an image an actor holds is never removed, the next oldest goes instead."""
+    """Four environments of 5 MB each, used in order, and a cap just below their total: the oldest goes,
+    unless it also carries someone else's name (removing ours frees nothing) or an actor holds it; an
+    image with two of our names loses both."""
     import os
 
     from taskray.sandbox.daemon import docker_client
@@ -448,7 +449,7 @@ def test_least_recently_used_images_are_pruned_beyond_the_cap(base_image, tmp_pa
     monkeypatch.setenv("TASKRAY_CACHE_DIR", str(tmp_path))
     client = docker_client()
     tags = []
-    for i in range(3):
+    for i in range(4):
         dockerfile = f"FROM {base_image}\nRUN head -c 5000000 /dev/urandom > /blob-{i}-{tmp_path.name}\n"
         task = VerifyTask(
             dockerfile=dockerfile, context={"Dockerfile": dockerfile.encode()}, solution={}, tests={}
@@ -459,6 +460,10 @@ def test_least_recently_used_images_are_pruned_beyond_the_cap(base_image, tmp_pa
         _use_file(tag).touch()
     for age, tag in enumerate(tags):
         os.utime(_use_file(tag), (1000 + age, 1000 + age))
+    prebuilt = f"taskray-test-prebuilt:{tmp_path.name}"
+    alias = f"{IMAGE_REPO}:alias-{tmp_path.name}"
+    client.images.get(tags[0]).tag(prebuilt)
+    client.images.get(tags[3]).tag(alias)
 
     def total() -> int:
         ours = [
@@ -467,12 +472,15 @@ def test_least_recently_used_images_are_pruned_beyond_the_cap(base_image, tmp_pa
         return sum(i["Size"] - max(i["SharedSize"], 0) for i in ours)
 
     def present() -> list[str]:
-        return [t for t in tags if client.api.images(name=t)]
+        return [t for t in [*tags, alias] if client.api.images(name=t)]
 
-    assert prune(client, total() - 1) == [tags[0]] and present() == tags[1:]
-    with in_use(tags[1]):
-        os.utime(_use_file(tags[1]), (1001, 1001))  # still the oldest, but held
-        assert prune(client, total() - 1) == [tags[2]]
-    assert present() == [tags[1]]
-    assert prune(client, float("inf")) == []
-    client.images.remove(tags[1])
+    try:
+        assert prune(client, total() - 1) == [tags[1]] and present() == [tags[0], tags[2], tags[3], alias]
+        with in_use(tags[2]):
+            os.utime(_use_file(tags[2]), (1001, 1001))  # the oldest of ours alone, but held
+            assert prune(client, total() - 1) == sorted([tags[3], alias])
+        assert present() == [tags[0], tags[2]]
+        assert prune(client, float("inf")) == []
+    finally:
+        for name in (prebuilt, tags[0], tags[2]):
+            client.images.remove(name)

@@ -77,41 +77,38 @@ def run_items(
 ) -> Iterator[tuple[str, dict]]:
     """Run every item not finished yet; yield (key, result) as each finishes. Ray must be initialised.
 
-    `actors` fixes the pool's size (default: one per free CPU, growing with the cluster).
+    `actors` fixes how many actors run, all pools together (default: one per free CPU, growing with the
+    cluster).
     `concurrent_calls` > 1 runs that many queued items at once in each actor (threads): for workers
     that wait on something else, like containers, rather than compute.
     `placement` maps keys to the Ray node that should run them (where their inputs already are): those
-    items go to a pool of actors on that node (soft: if the node is gone, anywhere), the rest as usual.
+    items go to a pool of actors on that node (soft: if the node is gone, anywhere), the rest as usual;
+    with `actors` fewer than the pools, the smallest nodes' items are not placed.
     """
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if not items:
         return
-    placement = {k: n for k, n in (placement or {}).items() if k in items}
-    by_node: dict[str, list[str]] = {}
-    for key, node in placement.items():
-        by_node.setdefault(node, []).append(key)
-    alive = ray.nodes() if by_node else []
+    pools = plan_pools(list(items), placement or {}, actors)
+    alive = ray.nodes() if any(node for node, _, _ in pools) else []
     node_cpus = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in alive if n["Alive"]}
     common = {"worker": worker, "worker_args": worker_args or {}, "cpus_per_actor": cpus_per_actor}
     common["concurrent_calls"] = concurrent_calls
     parts = []
-    for node, keys in sorted(by_node.items()):
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        size = max(1, min(len(keys), int(node_cpus.get(node, 1) // max(cpus_per_actor, 1e-9))))
-        pinned = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
-        parts.append(_mapped(items, keys, {"min_size": 1, "max_size": size}, pinned, **common))
-    rest = [key for key in items if key not in placement]
-    if rest:
-        if actors:
-            sizes = {"size": min(actors, len(rest))}
+    for node, keys, size in pools:
+        if size:
+            sizes = {"size": size}
+        elif node:
+            cpus = max(1, int(node_cpus.get(node, 1) // max(cpus_per_actor, 1e-9)))
+            sizes = {"min_size": 1, "max_size": min(len(keys), cpus)}
         else:
             cpus = max(1, int(ray.available_resources().get("CPU", 1) // max(cpus_per_actor, 1e-9)))
             # above the CPUs there are now, Ray Data grows the pool only when an autoscaling cluster adds
             # nodes
-            sizes = {"min_size": 1, "initial_size": min(cpus, len(rest)), "max_size": len(rest)}
-        parts.append(_mapped(items, rest, sizes, {}, **common))
+            sizes = {"min_size": 1, "initial_size": min(cpus, len(keys)), "max_size": len(keys)}
+        pinned = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} if node else {}
+        parts.append(_mapped(items, keys, sizes, pinned, **common))
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     finished = 0
     writers = ThreadPoolExecutor(RECEIPT_WRITERS, thread_name_prefix="receipts")
@@ -140,6 +137,43 @@ def run_items(
         raise JobFailed(f"an item failed: {type(cause).__name__}: {cause}; {resume}") from err
     finally:
         writers.shutdown(wait=True)  # receipts of results already received are kept, even on failure
+
+
+def plan_pools(
+    keys: list[str], placement: dict[str, str], actors: int | None
+) -> list[tuple[str | None, list[str], int | None]]:
+    """The actor pools to run `keys` on: (node, its keys, fixed size or None) per node that `placement`
+    sends items to, then (None, the rest, ...). A fixed number of `actors` is shared among the pools, one
+    actor at least each, so the smallest nodes' items are not placed when there are more pools than
+    actors. Pure."""
+    placement = {key: node for key, node in placement.items() if key in set(keys)}
+    by_node: dict[str, list[str]] = {}
+    for key in keys:
+        if key in placement:
+            by_node.setdefault(placement[key], []).append(key)
+    unplaced = len(placement) < len(keys)
+    while actors and by_node and len(by_node) + unplaced > actors:
+        smallest = min(by_node, key=lambda node: (len(by_node[node]), node))
+        del by_node[smallest]  # its items run anywhere rather than overrun the bound
+        unplaced = True
+    placed = {key for group in by_node.values() for key in group}
+    rest = [key for key in keys if key not in placed]
+    pools: list[tuple[str | None, list[str]]] = sorted(by_node.items()) + ([(None, rest)] if rest else [])
+    sizes = share_actors([len(group) for _, group in pools], actors) if actors else [None] * len(pools)
+    return [(node, group, size) for (node, group), size in zip(pools, sizes)]
+
+
+def share_actors(counts: list[int], actors: int) -> list[int]:
+    """Split `actors` among pools of `counts` items: one each at least, none more than its items, the
+    rest one at a time to the pool with the most items per actor. Pure."""
+    sizes = [1] * len(counts)
+    for _ in range(actors - len(counts)):
+        growable = [i for i, count in enumerate(counts) if sizes[i] < count]
+        if not growable:
+            break
+        grow = max(growable, key=lambda i: counts[i] / sizes[i])
+        sizes[grow] += 1
+    return sizes
 
 
 def _mapped(

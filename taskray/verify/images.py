@@ -150,7 +150,9 @@ def _unique_bytes(image: dict) -> int:
 
 def prune(client, cap_bytes: float) -> list[str]:
     """Remove the least recently used environment images until their own layers fit `cap_bytes`;
-    returns the tags removed. Images in use here (locked) or by a container are kept."""
+    returns the tags removed. Images in use here (locked) or by a container are kept, and so are images
+    that also carry a name of someone else's (a prebuilt image we tagged): removing our name would free
+    nothing."""
     import docker
 
     listed = client.api.images(name=IMAGE_REPO)
@@ -158,36 +160,40 @@ def prune(client, cap_bytes: float) -> list[str]:
         return []
     ours = []
     for image in client.df()["Images"]:  # df knows which bytes are shared; it takes a while to ask
-        tags = [t for t in image.get("RepoTags") or [] if t.startswith(IMAGE_REPO + ":")]
+        names = image.get("RepoTags") or []
+        tags = sorted(t for t in names if t.startswith(IMAGE_REPO + ":"))
         if tags:
-            ours.append((tags[0], image))
-    total = sum(_unique_bytes(image) for _, image in ours)
+            ours.append((tags, image, len(tags) == len(names)))
+    total = sum(_unique_bytes(image) for _, image, _ in ours)
     if total <= cap_bytes:
         return []
 
-    def last_use(tag: str) -> float:
-        try:
-            return _use_file(tag).stat().st_mtime
-        except FileNotFoundError:
-            return 0.0  # built before uses were recorded, or by hand: oldest
+    def last_use(tags: list[str]) -> float:
+        # environments with identical images share one: it was last used when any of them was
+        uses = [_use_file(tag).stat().st_mtime for tag in tags if _use_file(tag).exists()]
+        return max(uses, default=0.0)  # built before uses were recorded, or by hand: oldest
 
     removed = []
-    for tag, image in sorted(ours, key=lambda pair: last_use(pair[0])):
+    for tags, image, only_ours in sorted(ours, key=lambda entry: last_use(entry[0])):
         if total <= cap_bytes:
             break
-        with open(_use_file(tag), "a") as f:
+        if not only_ours:
+            continue
+        with contextlib.ExitStack() as held:
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                for tag in tags:
+                    fcntl.flock(held.enter_context(open(_use_file(tag), "a")), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # an actor on this machine is using it
             try:
-                client.images.remove(tag)  # never forced: an image a container still runs on stays
+                for tag in tags:  # the last name removed removes the image
+                    client.images.remove(tag)  # never forced: an image a container still runs on stays
+                    removed.append(tag)
             except docker.errors.ImageNotFound:
-                pass
+                pass  # removed meanwhile by another process
             except docker.errors.APIError as e:
                 if e.status_code == 409:
                     continue
                 raise
             total -= _unique_bytes(image)
-            removed.append(tag)
     return removed

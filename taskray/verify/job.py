@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import socket
 import time
@@ -31,6 +32,8 @@ from taskray.scan.catalog import fetch_blobs, is_scan_output, require_finished_s
 from taskray.verify.images import DEFAULT_CAP_GB
 from taskray.verify.rewards import VERDICTS, unreachable_host, verdict
 from taskray.verify.task import TaskError, load_task
+
+log = logging.getLogger(__name__)
 
 INFRA_RETRIES = 2
 # the columns verify adds to the scan's rows of the tasks it ran
@@ -101,7 +104,10 @@ class VerifyWorker:
                     row.update(image=built.image, base_rewrites=json.dumps(built.rewrites, sort_keys=True))
                     row["build_seconds"] = built.seconds if i == 0 else 0.0
                     rows.append({**row, **self._trials(task, built.image)})
-            prune(self.client, self.cap_bytes)
+            try:
+                prune(self.client, self.cap_bytes)
+            except Exception as e:  # the verdicts stand; pruning is tried again after the next environment
+                log.warning("pruning environment images failed: %s", e)
         return {"rows": rows}
 
     def _build(self, task):

@@ -56,7 +56,9 @@ class _Exec:
                 self.total += len(chunk)
                 if len(self.head) < TAIL // 2:
                     self.head += chunk[: TAIL // 2 - len(self.head)]
-                self.tail = (self.tail + chunk)[-self.keep :]
+                self.tail += chunk  # in place, trimmed from the front: a flood costs linear time
+                if len(self.tail) > 2 * self.keep:
+                    del self.tail[: len(self.tail) - self.keep]
         except Exception:
             pass  # the container was killed under us: the caller knows why
 
@@ -128,7 +130,7 @@ def run_trial(client, task: VerifyTask, image: str, oracle: bool, network: str, 
                 timed_out = script
             log.append(f"$ {script} -> {test.exit_code}\n{test.output()}")
             if timed_out is None and task.legacy:
-                rewards = parse_pytest_summary(test.tail.decode(errors="replace"))
+                rewards = parse_pytest_summary(test.tail[-test.keep :].decode(errors="replace"))
             elif timed_out is None:
                 rewards = parse_rewards(_read(container, "reward.json"), _read(container, "reward.txt"))
         return TrialResult(Trial(rewards, timed_out), time.monotonic() - started, "\n".join(log), solve_tail)
