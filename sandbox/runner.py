@@ -19,10 +19,12 @@ Threat model -- what the candidate can and cannot do:
   the runner is non-dumpable, so /proc/1/fd and /proc/1/mem are closed to it; as a namespace's init it
   ignores every signal sent from inside the container, so it cannot be killed to fake an infra error.
 - Semantic forgery (a job with a "judge", as eval's are): the tests run in a namespace of their own with
-  the builtins as they were before the candidate ran, and get the candidate's functions through wrappers
-  that pass plain built-in data only, so an object whose == is always true or a rigged subclass fails.
-  The builtins and the modules the tests use are snapshotted before the candidate runs and compared
-  after the tests; any replacement fails the job, named ("replaced builtins.abs"). See `judged`.
+  the builtins as they were before the candidate ran and the prompt's own helpers, and get the
+  candidate's functions through wrappers that pass plain built-in data only, so an object whose == is
+  always true or a rigged subclass fails. The builtins and the modules the tests use are snapshotted
+  before the candidate runs and compared around every call of its functions and after the tests; any
+  replacement fails the job, named ("replaced builtins.abs"), and so do threads, signal handlers and
+  trace hooks it leaves behind (code of its that could run while the tests do). See `judged`.
 - Not defended: code that deliberately digs the nonce out of its own interpreter (gc, frames) can forge
   a pass, and frame-walking code could likewise reach into the tests' namespace. That needs knowledge of
   this harness and still gains nothing outside the container.
@@ -32,6 +34,7 @@ Threat model -- what the candidate can and cannot do:
 """
 
 import ctypes
+import functools
 import gc
 import json
 import os
@@ -86,12 +89,13 @@ def write_frame(obj, fd=1):
 
 
 # -- the child: trusted harness around untrusted sources -------------------------------------------------
-def child(job, out_w, err_w, verdict_w):
+def child(job, out_w, err_w, verdict_w, prepared):
     """Never returns. Everything before exec() is the harness; nothing after it trusts the namespace."""
     os.setsid()  # own session and process group: killed whole at the end
     try:  # make the child, not the runner, the OOM killer's first choice (raising is unprivileged)
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+        os.write(fd, b"1000")
+        os.close(fd)
     except OSError:
         pass
     devnull = os.open("/dev/null", os.O_RDONLY)
@@ -102,14 +106,11 @@ def child(job, out_w, err_w, verdict_w):
     os.closerange(VERDICT_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     os.chdir(JOB_DIR)
-    os.environ.clear()
-    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=JOB_DIR, TMPDIR=JOB_DIR, LANG="C.UTF-8")
-    sys.stdin = open(0, closefd=False)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)
-    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    sys.stdin, sys.stdout, sys.stderr = prepared["streams"]  # on fds 0, 1 and 2, which are the job's now
     nonce, write, _exit = job["nonce"].encode(), os.write, os._exit  # bound before candidate code runs
-    try:
-        codes = [compile(src, f"<source {i}>", "exec") for i, src in enumerate(job["sources"])]
+    try:  # the trusted parts (tests, the prompt's helpers) come compiled by the runner
+        ready = job.get("compiled", {})
+        codes = [ready.get(i) or compile(s, f"<source {i}>", "exec") for i, s in enumerate(job["sources"])]
     except Exception:
         traceback.print_exc()
         write(VERDICT_FD, b"compile-error")
@@ -117,7 +118,7 @@ def child(job, out_w, err_w, verdict_w):
     judge = job.get("judge")
     del job
     if judge is not None:
-        judged(codes, judge, nonce, write, _exit)
+        judged(codes, judge, nonce, write, _exit, prepared)
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
         for code in codes:
@@ -139,16 +140,18 @@ def child(job, out_w, err_w, verdict_w):
 
 # -- trusted judgement: a pass needs honest values and untouched modules ---------------------------------
 # The candidate and the tests are separate: the tests run in a namespace of their own, with the builtins
-# as they were before the candidate ran, and see the candidate's functions only through wrappers that
-# let plain built-in data through and nothing else (an object whose == is always true, a str subclass,
-# a rigged number). Modules the tests rely on are snapshotted before the candidate runs and compared
-# after the tests: a replaced builtin or library function is a failure, named. Everything the harness
-# calls below was bound before candidate code ran.
+# as they were before the candidate ran and the prompt's own helpers, and see the candidate's functions
+# only through wrappers that let plain built-in data through and nothing else (an object whose == is
+# always true, a str subclass, a rigged number). Modules the tests rely on are snapshotted before the
+# candidate runs and compared around every call of its functions and after the tests: a replaced builtin
+# or library function is a failure, named. Everything the harness calls below was bound before candidate
+# code ran.
 PLAIN = (bool, int, float, complex, str, bytes, type(None))
 CONTAINERS = (list, tuple, dict, set, frozenset)
 MISSING = object()
 HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement, not by C
-BASELINE = {}  # the snapshot of the builtins and the warm modules, taken once before any job (main)
+# Attributes that tests may honestly swap for a while (capturing output): not counted as tampering.
+SWAPPABLE = {"sys": ("stdin", "stdout", "stderr")}
 IMPORTED = re.compile(r"^[ \t]*(?:import|from)[ \t]+([\w.]+)", re.MULTILINE)
 
 
@@ -158,36 +161,45 @@ class Rigged(BaseException):
 
 
 def plain_data_check(allowed):
-    """A function telling why a value is not plain built-in data (None when it is). Besides the built-in
-    types, the standard library's own dict subclasses and exact numbers pass, as honest solutions return
-    them and tests accept them (a Counter for a histogram): their code is the library's, and the
-    tampering check covers the library."""
+    """A function telling why a value is not plain built-in data: None when it is, else (why, the
+    offending type or None). Besides the built-in types, the standard library's own dict subclasses and
+    exact numbers pass, as honest solutions return them and tests accept them (a Counter for a
+    histogram): their code is the library's, and the tampering check covers the library. Types are
+    compared by identity: a metaclass can make a class equal to, and hash like, `int`."""
     import collections
     import decimal
     import fractions
 
-    scalars = frozenset((*PLAIN, fractions.Fraction, decimal.Decimal, *allowed))
-    containers = frozenset((*CONTAINERS, collections.deque))
-    mappings = frozenset((dict, collections.Counter, collections.OrderedDict, collections.defaultdict))
+    scalars = frozenset(map(id, (*PLAIN, decimal.Decimal, *allowed)))
+    containers = frozenset(map(id, (*CONTAINERS, collections.deque)))
+    dicts = (dict, collections.Counter, collections.OrderedDict, collections.defaultdict)
+    mappings = frozenset(map(id, dicts))
+    factories = frozenset(map(id, (None, *PLAIN, *CONTAINERS)))
     _type, _id, _dict_items, defaultdict = type, id, dict.items, collections.defaultdict
-    factories = frozenset((None, *PLAIN, *CONTAINERS))
+    fraction, numerator, denominator = fractions.Fraction, *(
+        fractions.Fraction.__dict__[slot].__get__ for slot in ("_numerator", "_denominator")
+    )
     qualname = type.__dict__["__qualname__"].__get__  # a metaclass cannot fake what this reads
 
     def why_not(value, depth=0, seen=None):
         t = _type(value)
-        if t in scalars:
+        if _id(t) in scalars:
             return None
-        if t not in containers and t not in mappings:
-            return f"an object of type {qualname(t)}"
-        if t is defaultdict and value.default_factory not in factories:
-            return "a defaultdict whose missing keys come from the candidate's own code"
+        if t is fraction:  # its parts are plain attributes anyone can set
+            if _type(numerator(value)) is int and _type(denominator(value)) is int:
+                return None
+            return ("a Fraction made of something other than integers", None)
+        if _id(t) not in containers and _id(t) not in mappings:
+            return (f"an object of type {qualname(t)}", t)
+        if t is defaultdict and _id(value.default_factory) not in factories:
+            return ("a defaultdict whose missing keys come from the candidate's own code", None)
         if depth > 200:
-            return "data nested more than 200 deep"
+            return ("data nested more than 200 deep", None)
         seen = set() if seen is None else seen
         if _id(value) in seen:
             return None
         seen.add(_id(value))
-        parts = (x for kv in _dict_items(value) for x in kv) if t in mappings else value
+        parts = (x for kv in _dict_items(value) for x in kv) if _id(t) in mappings else value
         for part in parts:
             problem = why_not(part, depth + 1, seen)
             if problem is not None:
@@ -205,7 +217,8 @@ def snapshot(names):
         module = sys.modules.get(name)
         if module is None:
             continue
-        attrs = tuple(vars(module).items())
+        swappable = SWAPPABLE.get(name, ())
+        attrs = tuple((a, obj) for a, obj in vars(module).items() if a not in swappable)
         classes = tuple(  # only classes written in Python can be changed; built-in types refuse it
             (attr, obj, tuple(vars(obj).items()))
             for attr, obj in attrs
@@ -215,7 +228,7 @@ def snapshot(names):
     return taken
 
 
-def tampering(taken, modules, missing=MISSING, _vars=vars):
+def tampering(taken, modules, pristine, missing=MISSING, _vars=vars, _set=set):
     """What the candidate replaced, in words. (`vars` is bound at definition: the candidate may have
     replaced the builtin with one that hides its changes.)"""
     found = []
@@ -225,11 +238,58 @@ def tampering(taken, modules, missing=MISSING, _vars=vars):
             continue
         now = _vars(module)
         found += [f"replaced {name}.{a}" for a, obj in attrs if now.get(a, missing) is not obj]
+        if name == "builtins":  # and the tests' copy of them
+            known = _set(a for a, _ in attrs)
+            changed = [a for a, obj in attrs if pristine.get(a, missing) is not obj]
+            found += [f"replaced the tests' builtins.{a}" for a in changed]
+            found += [f"added the tests' builtins.{a}" for a in _set(pristine) - known]
         for cls_name, cls, cls_attrs in classes:
             cls_now = _vars(cls)
             changed = [a for a, obj in cls_attrs if cls_now.get(a, missing) is not obj]
             found += [f"replaced {name}.{cls_name}.{a}" for a in changed]
+            found += [f"added {name}.{cls_name}.{a}" for a in _set(cls_now) - _set(a for a, _ in cls_attrs)]
     return found
+
+
+# Fast tamper check. Comparing every snapshotted attribute touches thousands of objects, and touching an
+# object in a forked child writes its reference count, which copies its memory page: most of a job's
+# cost. A dict's version tag (PEP 509) changes with every change to the dict, and reading it touches
+# nothing; so the tags of the watched dicts are compared first, and the attributes only when a tag moved.
+def _tag_viewer():
+    """A function giving a live view of a dict's version tag; None when this interpreter keeps no tag
+    where we look (then every check compares the attributes)."""
+    import ctypes
+
+    if sys.implementation.name != "cpython":
+        return None
+    offset = 3 * ctypes.sizeof(ctypes.c_ssize_t)  # after the reference count, the type and the size
+
+    def view(d, _from=ctypes.c_uint64.from_address):
+        return _from(id(d) + offset)
+
+    probe = {}
+    tag = view(probe)
+    tags = [tag.value]
+    for change in (lambda: probe.update(a=1), lambda: probe.update(a=2), lambda: probe.pop("a")):
+        change()
+        tags.append(tag.value)
+    return view if len(set(tags)) == len(tags) else None
+
+
+tag_view = _tag_viewer()
+
+
+def fingerprint(taken, dicts=()):
+    """(module names, the modules, views of the version tags of their dicts, their classes' dicts and
+    `dicts`, the tags now)."""
+    import gc
+
+    found = [vars(module) for module, _, _ in taken.values()] + list(dicts)
+    for _, _, classes in taken.values():
+        found += [gc.get_referents(vars(cls))[0] for _, cls, _ in classes]  # the dict under the proxy
+    views = tuple(map(tag_view, found)) if tag_view else ()
+    modules = tuple(module for module, _, _ in taken.values())
+    return tuple(taken), modules, views, tuple(v.value for v in views)
 
 
 def resolve_types(names):
@@ -246,35 +306,90 @@ def resolve_types(names):
     return found
 
 
-def judged(codes, judge, nonce, write, _exit):
-    """Run the candidate (codes[0]), then the tests (codes[1:]) on its entry point; never returns.
+def prepare():
+    """What every job needs, made once before the first (forking then gives it to each for free) and
+    kept out of the module's globals, which the candidate can reach (`import __main__`)."""
+    import builtins
+
+    for name in WARM_MODULES:
+        __import__(name)
+    baseline = snapshot(["builtins", *WARM_MODULES])
+    pristine = dict(vars(builtins))  # the tests' builtins
+    return {
+        "baseline": baseline,
+        "pristine": pristine,
+        "fingerprint": fingerprint(baseline, [pristine]),
+        "why_not": plain_data_check(()),
+        # the job's stdin, stdout and stderr: fds 0, 1 and 2 are the host channel here, the job's there
+        "streams": (
+            open(0, closefd=False),
+            open(1, "w", buffering=1, closefd=False),
+            open(2, "w", buffering=1, closefd=False),
+        ),
+    }
+
+
+def judged(codes, judge, nonce, write, _exit, prepared):
+    """Run the helpers the prompt defines (codes[2], if any) in the tests' namespace, then the candidate
+    (codes[0]), then the tests (codes[1]) on its entry point; never returns.
 
     The candidate can reach this module (`import __main__`) and every builtin, so everything used after
     it ran is bound here first, as a local of this call."""
+    import _signal
+    import _thread
     import builtins
+    import functools
+    import operator
+    import signal
 
     probe = judge.get("probe", False)  # a reference solution: record what it returns, fail nothing
     imported = IMPORTED.findall(judge.get("test_source", ""))
-    more = dict.fromkeys(n for n in imported if n not in BASELINE and n != "__main__")
-    taken = {**BASELINE, **snapshot(more)}  # a copy: the candidate can reach BASELINE, not this
-    pristine = dict(vars(builtins))
-    why_not = plain_data_check(resolve_types(judge.get("allowed_types", ())))
+    for name in imported:  # loaded before the candidate runs, so they are snapshotted untouched
+        try:
+            __import__(name)
+        except BaseException:
+            pass
+    baseline, pristine = prepared["baseline"], prepared["pristine"]  # tests' builtins: watched too
+    extra = snapshot(dict.fromkeys(n for n in imported if n not in baseline and n != "__main__"))
+    taken = {**baseline, **extra}
+    names, mods, views, versions = (a + b for a, b in zip(prepared["fingerprint"], fingerprint(extra)))
+    allowed = judge.get("allowed_types")
+    why_not = plain_data_check(resolve_types(allowed)) if allowed else prepared["why_not"]
     entry_point = judge["entry_point"]
     _tampering, _rigged, _modules, _dict, _list, _sorted = tampering, Rigged, sys.modules, dict, list, sorted
-    _isinstance, _callable, _print, _type, _dumps = isinstance, callable, print, type, json.dumps
-    _functions, _module_type = (types.FunctionType, types.BuiltinFunctionType), types.ModuleType
+    _isinstance, _callable, _print, _type, _dumps, _zip = isinstance, callable, print, type, json.dumps, zip
+    _functions = (types.FunctionType, types.BuiltinFunctionType, functools._lru_cache_wrapper)
     _join, _flush, _flush_err, _print_exc = "; ".join, sys.stdout.flush, sys.stderr.flush, traceback.print_exc
-    _exec, _gettrace, _getprofile = exec, sys.gettrace, sys.getprofile
+    _exec, _gettrace, _getprofile, _fast = exec, sys.gettrace, sys.getprofile, tag_view is not None
+    _map, _tuple, _value, _is_not = map, tuple, operator.attrgetter("value"), operator.is_not
+    _str, _id, _module_type = str, id, types.ModuleType
+    taken_modules = frozenset(_id(module) for module in mods)
+    # Code of the candidate's that could run while the tests do, between the checks: its threads and its
+    # signal handlers (a timer's) could change a list it returned after the check passed it.
+    _threads, _getsignal, _any = _thread._count, _signal.getsignal, any
+    catchable = tuple(n for n in signal.valid_signals() if n not in (signal.SIGKILL, signal.SIGSTOP))
+    handlers = tuple(map(_getsignal, catchable))
     qualname = type.__dict__["__qualname__"].__get__
     violations, returned = [], set()
-    # Checked around every call of the candidate's functions too, not only at the end: a patch that puts
-    # itself back before the end (a self-restoring random.randint) is caught while it is in place.
-    watched = {n: taken[n] for n in ("builtins", *imported) if n in taken}
 
     def rigged_now():
-        found = _tampering(watched, _modules)
+        """What is rigged at this moment. Checked around every call of the candidate's functions too,
+        not only at the end: a patch that puts itself back later (a self-restoring random.randint) is
+        caught while it is in place."""
+        nonlocal versions
+        found = []
         if _gettrace() is not None or _getprofile() is not None:
             found.append("set a trace or profile hook")
+        if _threads():
+            found.append("started a thread")
+        if _any(_map(_is_not, _map(_getsignal, catchable), handlers)):  # by identity: == can be rigged
+            found.append("set a signal handler")
+        if _fast and not _any(_map(_is_not, _map(_modules.get, names), mods)):
+            if _tuple(_map(_value, views)) == versions:
+                return found
+        found += _tampering(taken, _modules, pristine)
+        if not found and _fast:  # a harmless change (an attribute added): the new baseline
+            versions = _tuple(_map(_value, views))
         return found
 
     def wrap(fn, name):
@@ -287,21 +402,19 @@ def judged(codes, judge, nonce, write, _exit):
                 raise _rigged(found[0])
             problem = why_not(result)
             if problem is not None:
+                why, kind = problem
                 if probe:
-                    kind = _type(result)
-                    returned.add(f"{kind.__module__}:{qualname(kind)}")
+                    if kind is not None:
+                        returned.add(f"{kind.__module__}:{qualname(kind)}")
                     return result
-                violations.append(f"{name} returned {problem}")
+                violations.append(f"{name} returned {why}")
                 raise _rigged(violations[-1])
             return result
 
         return call
 
     def verdict_and_exit(ok):
-        problems = violations + _tampering(taken, _modules)
-        if _gettrace() is not None or _getprofile() is not None:
-            problems.append("set a trace or profile hook")
-        problems = _list(_dict.fromkeys(problems))  # each said once, in order
+        problems = _list(_dict.fromkeys(violations + rigged_now()))  # each said once, in order
         if problems:
             write(VERDICT_FD, b"rigged:" + _join(problems)[:1000].encode("utf-8", "replace"))
             _exit(1)
@@ -310,26 +423,31 @@ def judged(codes, judge, nonce, write, _exit):
         write(VERDICT_FD, nonce + (b"|" + _dumps(_sorted(returned)).encode() if probe else b""))
         _exit(0)
 
+    tests = {"__name__": "__main__", "__builtins__": pristine}
     candidate = {"__name__": "__main__", "__builtins__": builtins}
     try:
+        if len(codes) > 2:  # the prompt's helpers (HumanEval/38's encode_cyclic): the tests call these
+            try:
+                _exec(codes[2], tests)
+            except Exception:
+                pass  # a prompt that is not a whole program: the candidate's own helpers are used instead
         exec(codes[0], candidate)
         entry = candidate.get(entry_point)
         if not _callable(entry):
             _print(f"the candidate defines no function {entry_point}", file=sys.stderr)
             verdict_and_exit(False)
-        tests = {"__name__": "__main__", "__builtins__": _dict(pristine)}
-        for name, obj in _list(candidate.items()):  # helpers the prompt defined, for tests that call them
-            if name.startswith("__") or name in pristine:
+        for name, obj in _list(candidate.items()):  # helpers the tests call that the prompt did not define
+            if _type(name) is not _str or name.startswith("__") or name in tests or name in pristine:
                 continue
             if _isinstance(obj, _functions):
                 tests[name] = wrap(obj, name)
-            elif _isinstance(obj, _module_type) and _modules.get(obj.__name__) is obj:
+            elif _type(obj) is _module_type and _id(obj) in taken_modules:
                 tests[name] = obj
             elif why_not(obj) is None:
                 tests[name] = obj
-        for code in codes[1:]:
-            _exec(code, tests)
-        tests["check"](wrap(entry, entry_point))
+        tests[entry_point] = checked = wrap(entry, entry_point)
+        _exec(codes[1], tests)
+        tests["check"](checked)
         _flush()
         _flush_err()
     except BaseException:  # SystemExit and KeyboardInterrupt too: leaving early is failing
@@ -453,8 +571,26 @@ def drain(fd, tail):
         pass
 
 
-def run_job(job):
+@functools.lru_cache(maxsize=1024)
+def compiled(source, name):
+    """A trusted source compiled once for all the jobs that share it (the 20 samples of a problem share
+    its tests); None when it does not compile (the job reports that itself)."""
+    try:
+        code = compile(source, name, "exec")
+    except Exception:
+        return None
+    gc.freeze()  # out of the collector's sight too, like everything loaded before the first job
+    return code
+
+
+def run_job(job, prepared):
     cap = int(job.get("output_cap", 16384))
+    judge = job.get("judge")
+    if judge is not None:  # sources are [candidate, tests]; the prompt's helpers run with the tests
+        job["compiled"] = {1: compiled(job["sources"][1], "<source 1>")}
+        helpers = judge.get("helpers") and compiled(judge["helpers"], "<prompt>")
+        if helpers:  # a prompt that is not a whole program has no helpers to give
+            job["sources"], job["compiled"][2] = [*job["sources"][:2], judge["helpers"]], helpers
     timeout = float(job["timeout"])
     os.mkdir(JOB_DIR, 0o700)
     out_r, out_w = os.pipe()
@@ -465,12 +601,12 @@ def run_job(job):
     pid = os.fork()
     if pid == 0:
         try:
-            child(job, out_w, err_w, ver_w)
+            child(job, out_w, err_w, ver_w, prepared)
         finally:
             os._exit(70)
     for fd in (out_w, err_w, ver_w):
         os.close(fd)
-    out, err, verdict = Tail(cap), Tail(cap), Tail(256)
+    out, err, verdict = Tail(cap), Tail(cap), Tail(4096)  # room for a rigged verdict's words
     sel = selectors.DefaultSelector()
     for fd, tail in ((out_r, out), (err_r, err), (ver_r, verdict)):
         sel.register(fd, selectors.EVENT_READ, tail)
@@ -535,9 +671,9 @@ def run_job(job):
 
 def main():
     ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # closes /proc/1/{fd,mem,environ} to the jobs
-    for name in WARM_MODULES:
-        __import__(name)
-    BASELINE.update(snapshot(["builtins", *WARM_MODULES]))  # forked children inherit it, untouched
+    prepared = prepare()
+    os.environ.clear()  # the jobs' environment, set here once: they inherit it
+    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=JOB_DIR, TMPDIR=JOB_DIR, LANG="C.UTF-8")
     # Move everything loaded so far out of the collector's sight: a collection in a forked child would
     # otherwise touch every object and copy every page (copy-on-write): milliseconds per job.
     gc.collect()
@@ -545,7 +681,7 @@ def main():
     write_frame({"ready": True, "python": sys.version.split()[0], "pid": os.getpid(), "oom": oom_kills()})
     while (job := read_frame()) is not None:
         try:
-            result = run_job(job)
+            result = run_job(job, prepared)
         except Exception:
             result = {"id": job.get("id"), "runner_error": traceback.format_exc()[-4000:]}
         write_frame(result)

@@ -121,6 +121,46 @@ HACKS = [
         "import sys\nsys.settrace(lambda *a: None)\ndef add(x, y):\n    return x + y\n",
         "set a trace or profile hook",
     ),
+    (  # a metaclass that makes the class equal to, and hash like, int: types are compared by identity
+        "HumanEval/53",
+        "class M(type):\n    def __eq__(cls, other):\n        return True\n"
+        "    def __hash__(cls):\n        return hash(int)\n"
+        "class X(metaclass=M):\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n"
+        "def add(x, y):\n    return X()\n",
+        "add returned an object of type X",
+    ),
+    (  # a defaultdict whose factory poses as int the same way
+        "HumanEval/111",
+        "import collections\nclass M(type):\n    def __eq__(cls, other):\n        return True\n"
+        "    def __hash__(cls):\n        return hash(int)\n"
+        "class F(metaclass=M):\n    def __new__(cls):\n        return 0\n"
+        "def histogram(test):\n    return collections.defaultdict(F)\n",
+        "a defaultdict whose missing keys come from the candidate's own code",
+    ),
+    (  # a genuine Fraction with a rigged numerator inside
+        "HumanEval/2",
+        ALWAYS_EQUAL + "from fractions import Fraction\n"
+        "def truncate_number(number):\n    f = Fraction(0)\n    f._numerator = _X()\n    return f\n",
+        "a Fraction made of something other than integers",
+    ),
+    (  # a thread left running beside the tests (it could change a list after the judge passed it)
+        "HumanEval/53",
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n"
+        "def add(x, y):\n    return x + y\n",
+        "started a thread",
+    ),
+    (  # a signal handler, which a timer calls while the tests run
+        "HumanEval/53",
+        "import signal\nsignal.signal(signal.SIGALRM, lambda *a: None)\ndef add(x, y):\n    return x + y\n",
+        "set a signal handler",
+    ),
+    (  # so many replacements that the words run long: the verdict still says what was rigged
+        "HumanEval/53",
+        "import builtins\nfor name in [n for n in dir(builtins) if n.islower()]:\n"
+        "    setattr(builtins, name, lambda *a: 0)\n"
+        "def add(x, y):\n    return x + y\n",
+        "replaced builtins.abs",
+    ),
     (  # reaching the harness itself (`import __main__` is the runner) and disarming it: bound already
         "HumanEval/53",
         "import __main__, random\n__main__.tampering = lambda *a, **k: []\n__main__.Rigged = Exception\n"
@@ -140,6 +180,48 @@ def test_semantic_hacks_fail_with_what_was_rigged(pool, problems, task_id, compl
 def test_a_builtin_shadowed_in_the_candidate_s_module_does_not_reach_the_tests(pool, problems):
     wrong = "def abs(v):\n    return 0\ndef truncate_number(number):\n    return 7.0\n"
     assert judge(pool, problems["HumanEval/2"], wrong).status == "failed"
+
+
+def test_the_tests_call_the_prompt_s_helpers_not_the_candidate_s(pool, problems):
+    """HumanEval/38's tests encode with the prompt's encode_cyclic; a candidate that redefines it as
+    the identity (and decodes by doing nothing) used to pass."""
+    identity = "def encode_cyclic(s):\n    return s\ndef decode_cyclic(s):\n    return s\n"
+    assert judge(pool, problems["HumanEval/38"], identity).status == "failed"
+    shift = "def encode_shift(s):\n    return s\ndef decode_shift(s):\n    return s\n"
+    assert judge(pool, problems["HumanEval/50"], shift).status == "failed"
+
+
+TEXTWRAP = {  # the tests import a module no job has loaded yet; the candidate loads it first and patches it
+    "task_id": "Wrap/0",
+    "prompt": "def shout(s: str) -> str:\n",
+    "canonical_solution": "    return s.upper()\n",
+    "test": "import textwrap\n\ndef check(candidate):\n"
+    "    assert textwrap.dedent('  ' + candidate('a')) == 'A'\n",
+    "entry_point": "shout",
+}
+
+
+def test_modules_the_tests_import_are_snapshotted_before_the_candidate_runs(pool):
+    hack = "import textwrap\ntextwrap.dedent = lambda s: 'A'\ndef shout(s):\n    return ''\n"
+    result = judge(pool, TEXTWRAP, hack)
+    assert result.status == "failed" and "replaced textwrap.dedent" in result.detail, result
+    assert judge(pool, TEXTWRAP, humaneval.canonical_completion(TEXTWRAP)).status == "passed"
+
+
+CAPTURED = {  # tests that capture what the candidate prints, by swapping sys.stdout for a while
+    "task_id": "Print/0",
+    "prompt": "def greet(name: str) -> None:\n",
+    "canonical_solution": "    print(f'hello {name}')\n",
+    "test": "import io, sys\n\ndef check(candidate):\n    real, sys.stdout = sys.stdout, io.StringIO()\n"
+    "    try:\n        candidate('ada')\n        said = sys.stdout.getvalue()\n"
+    "    finally:\n        sys.stdout = real\n    assert said == 'hello ada\\n'\n",
+    "entry_point": "greet",
+}
+
+
+def test_tests_may_swap_sys_stdout_to_capture_output(pool):
+    assert judge(pool, CAPTURED, humaneval.canonical_completion(CAPTURED)).status == "passed"
+    assert judge(pool, CAPTURED, "def greet(name):\n    print('hi')\n").status == "failed"
 
 
 HONEST = [
@@ -188,7 +270,15 @@ def test_a_reference_solution_s_own_types_are_allowed_for_its_problem(pool, ray_
 
     sources, terms = humaneval.judged_parts(MERGE, humaneval.canonical_completion(MERGE))
     probe = pool.run(sources, 10, {**terms, "probe": True})
-    assert probe.status == "passed" and probe.detail == 'returns ["collections:ChainMap"]', probe
+    assert probe.status == "passed" and probe.returns == ["collections:ChainMap"], probe
+    # the type inside a list is what is named, never the list
+    listed = {
+        **MERGE,
+        "canonical_solution": "    import collections\n    return [collections.ChainMap(a, b)]\n",
+        "test": "def check(candidate):\n    assert candidate({'x': 1}, {'y': 2})[0] == {'x': 1, 'y': 2}\n",
+    }
+    sources, terms = humaneval.judged_parts(listed, humaneval.canonical_completion(listed))
+    assert pool.run(sources, 10, {**terms, "probe": True}).returns == ["collections:ChainMap"]
     assert "returned an object of type ChainMap" in pool.run(sources, 10, terms).detail
 
     samples = [

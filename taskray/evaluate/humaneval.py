@@ -146,10 +146,13 @@ def program_parts(problem: dict, completion: str) -> list[str]:
 
 def judged_parts(problem: dict, completion: str, allowed_types: list[str] = ()) -> tuple[list[str], dict]:
     """[candidate code, test code] and the judge's terms: the sandbox runs the tests apart from the
-    candidate, calls `check(entry_point)` itself, and lets only plain built-in data (plus
-    `allowed_types`, 'module:qualname' of what the reference solution returns) reach the tests."""
+    candidate, with the helpers the prompt defines, calls `check(entry_point)` itself, and lets only plain
+    built-in data (plus `allowed_types`, 'module:qualname' of what the reference solution returns) reach
+    the tests."""
     candidate = program_parts(problem, completion)[0]
+    # the prompt's own helpers (HumanEval/38's encode_cyclic) are the tests', not the candidate's
     judge = {"entry_point": problem["entry_point"], "test_source": problem["test"]}
+    judge["helpers"] = problem["prompt"]
     if allowed_types:
         judge["allowed_types"] = list(allowed_types)
     return [candidate, problem["test"]], judge

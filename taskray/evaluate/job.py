@@ -44,18 +44,17 @@ class EvalWorker:
         if "probe" in item:  # a reference solution first: the types it returns are honest for its problem
             probe = item["probe"]
             ran = self.pool.run(probe["sources"], probe["timeout"], probe["judge"])
-            allowed = (
-                json.loads(ran.detail.removeprefix("returns ")) if ran.detail.startswith("returns ") else []
-            )
-            if not ran.passed or not allowed:
+            if ran.status == "infra_error":  # no verdict either way: these samples are run again later
+                return {"rows": [{**_row(j), **ran.to_dict()} for j in jobs]}
+            if not ran.passed or not ran.returns:
                 return {"rows": []}  # the reference itself returns plain data: the verdicts stand
-            jobs = [{**j, "judge": {**j["judge"], "allowed_types": allowed}} for j in jobs]
+            jobs = [{**j, "judge": {**j["judge"], "allowed_types": ran.returns}} for j in jobs]
         results = self.pool.map((job["sources"], job["timeout"], job.get("judge")) for job in jobs)
-        return {
-            "rows": [
-                {"task_id": j["task_id"], "sample": j["sample"], **r.to_dict()} for j, r in zip(jobs, results)
-            ]
-        }
+        return {"rows": [{**_row(j), **r.to_dict()} for j, r in zip(jobs, results)]}
+
+
+def _row(job: dict) -> dict:
+    return {"task_id": job["task_id"], "sample": job["sample"]}
 
 
 def make_jobs(problems: list[dict], samples: list[dict], timeout: float) -> list[dict]:
@@ -82,15 +81,19 @@ def rejudge_items(problems: list[dict], jobs: list[dict], rows: list[dict]) -> d
     typed = {
         (r["task_id"], r["sample"]) for r in rows if r["status"] == "failed" and RETURNED_TYPE in r["detail"]
     }
-    items: dict[str, dict] = {}
+    by_task: dict[str, list[dict]] = {}
     for job in jobs:
         if (job["task_id"], job["sample"]) in typed:
-            problem = by_id[job["task_id"]]
-            if f"rejudge-{job['task_id']}" not in items:
-                sources, judge = humaneval.judged_parts(problem, humaneval.canonical_completion(problem))
-                probe = {"sources": sources, "timeout": job["timeout"], "judge": {**judge, "probe": True}}
-                items[f"rejudge-{job['task_id']}"] = {"probe": probe, "jobs": []}
-            items[f"rejudge-{job['task_id']}"]["jobs"].append(job)
+            by_task.setdefault(job["task_id"], []).append(job)
+    items = {}
+    for task_id, task_jobs in by_task.items():
+        problem = by_id[task_id]
+        sources, judge = humaneval.judged_parts(problem, humaneval.canonical_completion(problem))
+        probe = {"sources": sources, "timeout": task_jobs[0]["timeout"], "judge": {**judge, "probe": True}}
+        # named by its samples too: a resumed run whose retried batches failed other samples for their
+        # types judges those again rather than taking an earlier rejudgement of other samples for them
+        samples = hashlib.sha256(json.dumps([j["sample"] for j in task_jobs]).encode()).hexdigest()[:12]
+        items[f"rejudge-{task_id}-{samples}"] = {"probe": probe, "jobs": task_jobs}
     return items
 
 
@@ -141,12 +144,11 @@ def evaluate(
                 finished, f"{finished}/{len(jobs)} samples | {counts} | {finished / bar.elapsed:,.0f}/s"
             )
     rows = [row for key in sorted(batches) for row in done[key]["rows"]]
-    rejudge = {k: v for k, v in rejudge_items(problems or [], jobs, rows).items() if k not in done}
-    for key, result in run_items(rejudge, EvalWorker, store, plan_id, worker_args, actors=workers):
+    rejudge = rejudge_items(problems or [], jobs, rows)
+    todo = {k: v for k, v in rejudge.items() if k not in done}
+    for key, result in run_items(todo, EvalWorker, store, plan_id, worker_args, actors=workers):
         done[key] = result
-    again = {
-        (r["task_id"], r["sample"]): r for k in done if k.startswith("rejudge-") for r in done[k]["rows"]
-    }
+    again = {(r["task_id"], r["sample"]): r for k in rejudge for r in done[k]["rows"]}
     return [again.get((r["task_id"], r["sample"]), r) for r in rows]
 
 

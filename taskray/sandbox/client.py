@@ -58,13 +58,17 @@ class Result:
     cpu_time: float = 0.0
     detail: str = ""  # why: signal, taint, infra error text
     attempts: int = 1
+    returns: list[str] | None = None  # a probe's: types other than plain data the reference returned
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """A sample's row (a probe's `returns` is for the job, not the row)."""
+        row = asdict(self)
+        del row["returns"]
+        return row
 
 
 def container_settings(limits: ContainerLimits, session: str) -> dict:
@@ -226,14 +230,13 @@ class Sandbox:
         return self._result(reply, nonce)
 
     def _result(self, r: dict, nonce: str) -> Result:
-        if r["timed_out"]:
-            status = "timeout"
-        elif r["oom"]:
-            status = "oom"
-        verdict, said = r["verdict"], []
-        returns = ""
+        verdict, said, returns = r["verdict"], [], None
         if verdict.startswith(nonce + "|"):  # a reference solution's probe: what types it returned
-            verdict, returns = verdict[: len(nonce)], verdict[len(nonce) + 1 :]
+            verdict, returned = verdict[: len(nonce)], verdict[len(nonce) + 1 :]
+            try:  # written by the harness (after the nonce only it knows), cut only if absurdly long
+                returns = json.loads(returned)
+            except ValueError:
+                returns = None
         if r["timed_out"]:
             status = "timeout"
         elif r["oom"]:
@@ -248,8 +251,6 @@ class Sandbox:
                 said.append(verdict[len(RIGGED) :])
         if r["timed_out"] or r["oom"] or r["tainted"]:
             self.usable = False  # what a job did to this container may affect the next one
-        if returns:
-            said.append(f"returns {returns}")
         said += r["tainted"] + ([f"killed by signal {r['signal']}"] if r["signal"] else [])
         detail = "; ".join(said)
         return Result(
@@ -262,6 +263,7 @@ class Sandbox:
             wall_time=r["wall"],
             cpu_time=r["cpu"],
             detail=detail,
+            returns=returns,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------------
