@@ -2,7 +2,9 @@
 
 Protocol (host <-> runner, over the container's attached stdin/stdout): frames of a 4-byte big-endian
 length and UTF-8 JSON. The runner says {"ready": ...} once, then answers each job frame with one result
-frame. It exits when stdin closes, so a container whose owner died stops on its own.
+frame; a frame holding a list of jobs gets one result frame per job, in order, until a job leaves the
+container unfit for more, and {"id", "not_run": true} for the rest. It exits when stdin closes, so a
+container whose owner died stops on its own.
 
 A job is {"id", "sources": [str, ...], "nonce": hex, "timeout": s, "output_cap": bytes}. Each job runs in
 a fresh child forked from this (already warm) interpreter, so per-job cost is milliseconds. The child
@@ -343,7 +345,7 @@ def judged(codes, judge, nonce, write, _exit, prepared):
     import signal
 
     probe = judge.get("probe", False)  # a reference solution: record what it returns, fail nothing
-    imported = IMPORTED.findall(judge.get("test_source", ""))
+    imported = judge["imported"]
     for name in imported:  # loaded before the candidate runs, so they are snapshotted untouched
         try:
             __import__(name)
@@ -583,13 +585,32 @@ def compiled(source, name):
     return code
 
 
+@functools.lru_cache(maxsize=1024)
+def test_imports(source):
+    """The modules a test source imports."""
+    return tuple(dict.fromkeys(IMPORTED.findall(source)))
+
+
+@functools.lru_cache(maxsize=1024)
+def helpers_for(prompt, tests, entry_point):
+    """The prompt compiled, if the tests use a name it defines besides the entry point (HumanEval/38's
+    encode_cyclic); else None, and the helpers need not run. Also None for a prompt that is not a whole
+    program: it has no helpers to give."""
+    code = compiled(prompt, "<prompt>")
+    if code is None:
+        return None
+    used = set(re.findall(r"\w+", tests))
+    return code if any(name in used for name in code.co_names if name != entry_point) else None
+
+
 def run_job(job, prepared):
     cap = int(job.get("output_cap", 16384))
     judge = job.get("judge")
     if judge is not None:  # sources are [candidate, tests]; the prompt's helpers run with the tests
         job["compiled"] = {1: compiled(job["sources"][1], "<source 1>")}
-        helpers = judge.get("helpers") and compiled(judge["helpers"], "<prompt>")
-        if helpers:  # a prompt that is not a whole program has no helpers to give
+        judge["imported"] = test_imports(judge.get("test_source", ""))
+        helpers = helpers_for(judge.get("helpers") or "", job["sources"][1], judge["entry_point"])
+        if helpers:
             job["sources"], job["compiled"][2] = [*job["sources"][:2], judge["helpers"]], helpers
     timeout = float(job["timeout"])
     os.mkdir(JOB_DIR, 0o700)
@@ -679,12 +700,18 @@ def main():
     gc.collect()
     gc.freeze()
     write_frame({"ready": True, "python": sys.version.split()[0], "pid": os.getpid(), "oom": oom_kills()})
-    while (job := read_frame()) is not None:
-        try:
-            result = run_job(job, prepared)
-        except Exception:
-            result = {"id": job.get("id"), "runner_error": traceback.format_exc()[-4000:]}
-        write_frame(result)
+    while (frame := read_frame()) is not None:
+        jobs = frame if isinstance(frame, list) else [frame]  # a batch: one round trip for them all
+        for i, job in enumerate(jobs):
+            try:
+                result = run_job(job, prepared)
+            except Exception:
+                result = {"id": job.get("id"), "runner_error": traceback.format_exc()[-4000:]}
+            write_frame(result)
+            if "runner_error" in result or result["timed_out"] or result["oom"] or result["tainted"]:
+                for rest in jobs[i + 1 :]:  # this container is done for: the host runs them elsewhere
+                    write_frame({"id": rest.get("id"), "not_run": True})
+                break
 
 
 if __name__ == "__main__":

@@ -292,6 +292,22 @@ def test_200_jobs_leave_nothing_behind(client):
     assert session_containers(client, session) == []
 
 
+def test_a_job_that_spoils_its_container_ends_the_batch_and_the_rest_run_elsewhere(client):
+    """Jobs go to a container in one frame; after a job that leaves files behind or times out, the runner
+    runs none of the rest there: each goes to a fresh container, no attempt spent."""
+    with SandboxPool(size=1, client=client) as p:
+        jobs = [
+            ("print(1)", 10.0),
+            ("open('/tmp/spoiled', 'w').write('x')", 10.0),
+            ("import time\ntime.sleep(30)", 1.0),
+            ("import os\nprint(os.listdir('/tmp'))", 10.0),
+        ]
+        results = p.run_many(jobs)
+        assert [r.status for r in results] == ["passed", "passed", "timeout", "passed"], results
+        assert "files left" in results[1].detail and results[3].stdout == "[]\n"
+        assert p.replaced == 2 and [r.attempts for r in results] == [1, 1, 1, 1]
+
+
 def test_container_killed_from_outside_is_infra_error_and_retried(client):
     with SandboxPool(size=1, client=client) as p:
         victim = p.containers()[0]

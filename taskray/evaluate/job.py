@@ -16,6 +16,7 @@ import io
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 
 from taskray.core.console import Progress
 from taskray.core.runner import finished_items, mark_complete, run_items
@@ -24,7 +25,7 @@ from taskray.evaluate import humaneval
 from taskray.sandbox.client import STATUSES, ContainerLimits
 
 RETURNED_TYPE = "returned an object of type"  # the judge's words for a value that is not plain data
-BATCH = 8  # samples per actor call: big enough to hide the call overhead, small enough to balance load
+BATCH = 32  # samples per actor call: big enough to hide the call overhead, small enough to balance load
 CONCURRENT_BATCHES = 2  # per actor: a container freed by a fast job takes the next batch's work
 
 
@@ -115,10 +116,12 @@ def evaluate(
     fresh: bool = False,
     progress: bool = True,
     problems: list[dict] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Run jobs on `workers` actors, recording finished batches under `out`; rows come back in job
     order. Ray must be initialised. With `problems`, samples that failed only for returning a type
-    other than plain data are judged again if the problem's reference solution returns that type too."""
+    other than plain data are judged again if the problem's reference solution returns that type too.
+    `on_batch` is told the number of samples finished after each batch (benchmarks time the run by it)."""
     store = Store(out)
     batches = {f"batch-{i // BATCH:06d}": {"jobs": jobs[i : i + BATCH]} for i in range(0, len(jobs), BATCH)}
     plan = {"jobs": jobs, "limits": vars(limits), "fresh": fresh}
@@ -138,6 +141,8 @@ def evaluate(
         done[key] = result
         tally.update(r["status"] for r in result["rows"])
         finished += len(result["rows"])
+        if on_batch:
+            on_batch(finished)
         if bar:
             counts = ", ".join(f"{s} {tally[s]}" for s in STATUSES if tally[s])
             bar.update(

@@ -35,6 +35,10 @@ class InfraError(RuntimeError):
     """The sandbox machinery failed (daemon, container, runner): not the program's fault; retry."""
 
 
+class _Broken(Exception):
+    """The runner answered out of protocol."""
+
+
 @dataclass
 class ContainerLimits:
     """Per-container resource limits. Memory has swap off (memswap == memory)."""
@@ -69,6 +73,10 @@ class Result:
         row = asdict(self)
         del row["returns"]
         return row
+
+
+def _infra(detail: str) -> Result:
+    return Result("infra_error", detail=detail)
 
 
 def container_settings(limits: ContainerLimits, session: str) -> dict:
@@ -185,49 +193,72 @@ class Sandbox:
     def run(self, sources: list[str] | str, timeout: float = 10.0, judge: dict | None = None) -> Result:
         """Run `sources` (compiled one by one, executed in one namespace) as one job.
 
-        With `judge` ({"entry_point", "test_source", "allowed_types", "probe"}), sources are [candidate,
-        tests]: the tests run apart from the candidate and a pass needs honest values (sandbox/runner.py).
+        With `judge` ({"entry_point", "test_source", "helpers", "allowed_types", "probe"}), sources are
+        [candidate, tests]: the tests run apart from the candidate (with the helpers the prompt defines)
+        and a pass needs honest values (sandbox/runner.py).
 
         Raises InfraError when the container or runner fails; the container is then unusable.
         """
+        result = self.run_many([(sources, timeout, judge)])[0]
+        if result is None or result.status == "infra_error":
+            raise InfraError(result.detail if result else f"sandbox {self.id} is retired")
+        return result
+
+    def run_many(self, jobs: list[tuple]) -> list[Result | None]:
+        """Run (sources, timeout, judge) jobs one after another, sent in one frame (one round trip for
+        them all). A job that leaves the container unfit for more (a timeout, an OOM, leftovers) ends
+        the batch: the jobs after it are None, not run. So is every job after an infrastructure failure,
+        which is that job's result (`infra_error`); the container is then unusable."""
         if not self.usable:
-            raise InfraError(f"sandbox {self.id} is retired")
-        sources = [sources] if isinstance(sources, str) else list(sources)
-        nonce = secrets.token_hex(32)  # known to this process and the harness, never to the candidate
-        self.jobs += 1
-        start = time.monotonic()
-        try:
-            self._send(
+            return [None] * len(jobs)
+        frames, nonces = [], []
+        for sources, timeout, judge in jobs:
+            self.jobs += 1
+            nonces.append(secrets.token_hex(32))  # known to this process and the harness, never the candidate
+            frames.append(
                 {
                     "id": self.jobs,
-                    "sources": sources,
-                    "nonce": nonce,
+                    "sources": [sources] if isinstance(sources, str) else list(sources),
+                    "nonce": nonces[-1],
                     "timeout": timeout,
                     "output_cap": self.limits.output_cap,
                     **({"judge": judge} if judge is not None else {}),
                 }
             )
-            reply = self._read_frame(start + timeout + GRACE)
-        except TimeoutError as e:
+        results: list[Result | None] = []
+        start = time.monotonic()
+        try:
+            self._send(frames if len(frames) > 1 else frames[0])
+            for frame, nonce in zip(frames, nonces):
+                # each job has its own deadline, counted from the answer to the one before it
+                reply = self._read_frame(start + frame["timeout"] + GRACE)
+                if reply.get("runner_error") or reply.get("id") != frame["id"]:
+                    raise _Broken(f"sandbox {self.id} runner error: {reply.get('runner_error', reply)}")
+                if reply.get("not_run"):
+                    break
+                results.append(self._result(reply, nonce))
+                start = time.monotonic()
+        except TimeoutError:
             # The hard outer limit: no signal inside the container is trusted to end it. The runner
-            # itself ends every job at `timeout`, so silence past the grace period means the runner or
-            # container is stuck (paused, starved, broken): the infrastructure's failure, retried.
+            # itself ends every job at its timeout, so silence past the grace period means the runner
+            # or container is stuck (paused, starved, broken): the infrastructure's failure, retried.
             self.usable = False
             self.kill()
-            raise InfraError(
-                f"sandbox {self.id} gave no answer within {timeout + GRACE:.1f}s; "
-                "container killed from outside"
-            ) from e
+            waited = frames[len(results)]["timeout"] + GRACE
+            said = f"sandbox {self.id} gave no answer within {waited:.1f}s; container killed from outside"
+            results.append(_infra(said))
+        except _Broken as e:
+            self.usable = False
+            results.append(_infra(str(e)))
         except (OSError, EOFError, ValueError) as e:
             self.usable = False
             if self._oom_killed():
-                return Result("oom", wall_time=time.monotonic() - start, detail="container OOM-killed")
-            said = self._err_text()
-            raise InfraError(f"sandbox {self.id} failed mid-job: {e!r}; runner said: {said}") from e
-        if reply.get("runner_error") or reply.get("id") != self.jobs:
-            self.usable = False
-            raise InfraError(f"sandbox {self.id} runner error: {reply.get('runner_error', reply)}")
-        return self._result(reply, nonce)
+                wall = time.monotonic() - start
+                results.append(Result("oom", wall_time=wall, detail="container OOM-killed"))
+            else:
+                said = self._err_text()
+                results.append(_infra(f"sandbox {self.id} failed mid-job: {e!r}; runner said: {said}"))
+        return results + [None] * (len(jobs) - len(results))
 
     def _result(self, r: dict, nonce: str) -> Result:
         verdict, said, returns = r["verdict"], [], None

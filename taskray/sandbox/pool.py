@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -87,36 +86,57 @@ class SandboxPool:
     # -- jobs -----------------------------------------------------------------------------------------
     def run(self, sources: list[str] | str, timeout: float = 10.0, judge: dict | None = None) -> Result:
         """Run one job; infra failures are retried on fresh containers before being reported."""
+        return self.run_many([(sources, timeout, judge)])[0]
+
+    def run_many(self, jobs: list[tuple]) -> list[Result]:
+        """Run (sources, timeout[, judge]) jobs on one container after another, in one round trip each
+        time; results in input order. A job that fails for the infrastructure is retried on another
+        container (`retries` times); jobs a retired container did not get to run go to the next one."""
         if self._closed:
             raise RuntimeError("the sandbox pool is closed")
-        result = Result("infra_error")
-        for attempt in range(1, self.retries + 2):
+        jobs = [(job[0], job[1], job[2] if len(job) > 2 else None) for job in jobs]
+        results: list[Result | None] = [None] * len(jobs)
+        attempts = [0] * len(jobs)
+        pending = list(range(len(jobs)))
+        while pending:
             try:
                 got = self._idle.get(timeout=WAIT_FOR_CONTAINER)
             except queue.Empty:
                 got = InfraError(f"no sandbox container became free within {WAIT_FOR_CONTAINER:.0f}s")
             if isinstance(got, Exception):
                 self._maint.submit(self._spawn)
-                result = Result("infra_error", detail=str(got))
+                ran = [Result("infra_error", detail=str(got))] + [None] * (len(pending) - 1)
             else:
-                start = time.monotonic()
-                try:
-                    result = got.run(sources, timeout, judge)
-                except InfraError as e:
-                    result = Result("infra_error", wall_time=time.monotonic() - start, detail=str(e))
+                batch = pending[:1] if self.fresh else pending  # fresh: every job its own container
+                ran = got.run_many([jobs[i] for i in batch]) + [None] * (len(pending) - len(batch))
                 if got.usable and not self.fresh:
                     self._idle.put(got)
                 else:
                     self._retire(got)
-            result.attempts = attempt
-            if result.status != "infra_error":
-                break
-        return result
+            still = []
+            for i, result in zip(pending, ran):
+                if result is None:  # not run: no attempt spent
+                    still.append(i)
+                    continue
+                attempts[i] += 1
+                result.attempts = attempts[i]
+                if result.status == "infra_error" and attempts[i] <= self.retries:
+                    still.append(i)
+                else:
+                    results[i] = result
+            pending = still
+        return results
 
-    def map(self, jobs: Iterable[tuple]) -> Iterator[Result]:
-        """Run (sources, timeout[, judge]) jobs on all containers at once; results in input order."""
+    def map(self, jobs: Iterable[tuple], per_frame: int = 8) -> Iterator[Result]:
+        """Run (sources, timeout[, judge]) jobs on all containers at once, up to `per_frame` jobs per
+        round trip to a container; results in input order."""
+        jobs = list(jobs)
+        frames = max(self.size, -(-len(jobs) // per_frame))
+        chunks = [jobs[i::frames] for i in range(frames)]  # interleaved: slow jobs spread out
         with ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="sandbox-job") as ex:
-            yield from ex.map(lambda job: self.run(*job), jobs)
+            done = list(ex.map(self.run_many, chunks))
+        for i in range(len(jobs)):
+            yield done[i % frames][i // frames]
 
     def close(self) -> None:
         """Remove every container of this pool (idempotent)."""
