@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,18 @@ def test_real_tasks_are_detected_alike_by_the_c_and_the_python_walker(corpus, mo
         pytest.skip("taskray._tarwalk is not built here: both would be the Python walker")
     monkeypatch.setattr(blob_module, "_tarwalk", None)
     assert [parse_and_detect(b)[1].as_row() for _, b in corpus] == detected
+
+
+# The catalog rows of the 2,000-task real-profile corpus, as the detection rules gave them before any
+# speed work (taskray/scan/detect.py at 71d350a~1, before the substring prefilters), which gives this very
+# digest. Speed work must keep it; a deliberate change to a detection rule changes it, on purpose.
+REAL_PROFILE_CATALOG = "a08205e6e6e7012bbb602b46dac1f7f6fb2e9500886f0c0ccfa498a4f7f54e30"
+
+
+def test_speed_work_leaves_the_real_profile_catalog_as_it_was(corpus):
+    detected = [parse_and_detect(b)[1].as_row() for _, b in corpus]
+    digest = hashlib.sha256(json.dumps(detected, sort_keys=True).encode()).hexdigest()
+    assert digest == REAL_PROFILE_CATALOG, detected[:3]
 
 
 def test_the_real_profile_needs_its_folder(shared_data, tmp_path):
