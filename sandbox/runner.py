@@ -25,11 +25,13 @@ Threat model -- what the candidate can and cannot do:
   candidate's functions through wrappers that pass plain built-in data only, so an object whose == is
   always true or a rigged subclass fails. The builtins and the modules the tests use are snapshotted
   before the candidate runs and compared around every call of its functions and after the tests; any
-  replacement fails the job, named ("replaced builtins.abs"), and so do threads, signal handlers and
-  trace hooks it leaves behind (code of its that could run while the tests do). See `judged`.
-- Not defended: code that deliberately digs the nonce out of its own interpreter (gc, frames) can forge
-  a pass, and frame-walking code could likewise reach into the tests' namespace. That needs knowledge of
-  this harness and still gains nothing outside the container.
+  replacement fails the job, named ("replaced builtins.abs"), and so do threads, signal handlers, gc
+  callbacks and trace hooks it leaves behind (code of its that could run while the tests do) and objects
+  it plants in the tests' arguments. An audit hook refuses rewriting functions in place (`__code__`,
+  defaults), a module's class, the collector's object lists and ctypes. See `judged`.
+- Not defended: code that deliberately walks frames (from a traceback's tb_frame) to the harness's
+  locals can forge a pass or reach into the tests' namespace. That needs knowledge of this harness and
+  still gains nothing outside the container.
 - Leftovers: after each job the whole process group is SIGKILLed, then every other process (kill -1);
   processes that escaped the group, files outside the job folder, a timeout or an OOM are reported as
   "tainted" and the host replaces the container.
@@ -167,17 +169,20 @@ def plain_data_check(allowed):
     offending type or None). Besides the built-in types, the standard library's own dict subclasses and
     exact numbers pass, as honest solutions return them and tests accept them (a Counter for a
     histogram): their code is the library's, and the tampering check covers the library. Types are
-    compared by identity: a metaclass can make a class equal to, and hash like, `int`."""
+    compared by address: a metaclass can make a class equal to, and hash like, `int`."""
     import collections
     import decimal
     import fractions
 
-    scalars = frozenset(map(id, (*PLAIN, decimal.Decimal, *allowed)))
-    containers = frozenset(map(id, (*CONTAINERS, collections.deque)))
+    # Keys are object.__hash__ of the type (its address, which no metaclass can change), not the type:
+    # and not id(), which is an audited event (see `judged`), called for every value checked.
+    _id = object.__hash__
+    scalars = frozenset(map(_id, (*PLAIN, decimal.Decimal, *allowed)))
+    containers = frozenset(map(_id, (*CONTAINERS, collections.deque)))
     dicts = (dict, collections.Counter, collections.OrderedDict, collections.defaultdict)
-    mappings = frozenset(map(id, dicts))
-    factories = frozenset(map(id, (None, *PLAIN, *CONTAINERS)))
-    _type, _id, _dict_items, defaultdict = type, id, dict.items, collections.defaultdict
+    mappings = frozenset(map(_id, dicts))
+    factories = frozenset(map(_id, (None, *PLAIN, *CONTAINERS)))
+    _type, _dict_items, defaultdict = type, dict.items, collections.defaultdict
     fraction, numerator, denominator = fractions.Fraction, *(
         fractions.Fraction.__dict__[slot].__get__ for slot in ("_numerator", "_denominator")
     )
@@ -212,8 +217,10 @@ def plain_data_check(allowed):
 
 
 def snapshot(names):
-    """{module name: (module, its attributes, its classes' attributes)}, taken before the candidate runs.
-    Tuples all the way down: the candidate can reach this module's globals, but not change a tuple."""
+    """{module name: (module, its attributes, its classes' attributes, its instances' attributes)},
+    taken before the candidate runs. Instances are objects with attributes of their own that a module
+    keeps (random's `_inst`, whose methods are the module's functions). Tuples all the way down: the
+    candidate can reach this module's globals, but not change a tuple."""
     taken = {}
     for name in names:
         module = sys.modules.get(name)
@@ -226,15 +233,28 @@ def snapshot(names):
             for attr, obj in attrs
             if isinstance(obj, type) and obj.__flags__ & HEAP_TYPE and obj.__module__ == name
         )
-        taken[name] = (module, attrs, classes)
+        instances = tuple((attr, obj, tuple(vars(obj).items())) for attr, obj in attrs if _instance(obj))
+        taken[name] = (module, attrs, classes, instances)
     return taken
 
 
-def tampering(taken, modules, pristine, missing=MISSING, _vars=vars, _set=set):
-    """What the candidate replaced, in words. (`vars` is bound at definition: the candidate may have
-    replaced the builtin with one that hides its changes.)"""
+def _instance(obj):
+    """Whether a module's attribute is an object with attributes of its own (not a class, module or
+    function, which are watched otherwise)."""
+    if isinstance(obj, (type, types.ModuleType, types.FunctionType)):
+        return False
+    try:
+        return type(object.__getattribute__(obj, "__dict__")) is dict
+    except Exception:  # no __dict__ (slots, C objects)
+        return False
+
+
+def tampering(taken, modules, pristine, missing=MISSING, _vars=vars, _set=set, _call=callable, _dict=dict):
+    """What the candidate replaced, in words. (Builtins are bound at definition: the candidate may have
+    replaced them with ones that hide its changes. Jobs use a copy of this function that it cannot
+    reach, made by `prepare`.)"""
     found = []
-    for name, (module, attrs, classes) in taken.items():
+    for name, (module, attrs, classes, instances) in taken.items():
         if modules.get(name) is not module:
             found.append(f"replaced module {name}")
             continue
@@ -250,6 +270,10 @@ def tampering(taken, modules, pristine, missing=MISSING, _vars=vars, _set=set):
             changed = [a for a, obj in cls_attrs if cls_now.get(a, missing) is not obj]
             found += [f"replaced {name}.{cls_name}.{a}" for a in changed]
             found += [f"added {name}.{cls_name}.{a}" for a in _set(cls_now) - _set(a for a, _ in cls_attrs)]
+        for inst_name, inst, inst_attrs in instances:  # their data changes as they are used; methods do not
+            was = _dict(inst_attrs)
+            changed = [a for a, obj in _vars(inst).items() if _call(obj) and was.get(a, missing) is not obj]
+            found += [f"replaced {name}.{inst_name}.{a}" for a in changed]
     return found
 
 
@@ -282,15 +306,16 @@ tag_view = _tag_viewer()
 
 
 def fingerprint(taken, dicts=()):
-    """(module names, the modules, views of the version tags of their dicts, their classes' dicts and
-    `dicts`, the tags now)."""
+    """(module names, the modules, views of the version tags of their dicts, their classes' and instances'
+    dicts and `dicts`, the tags now)."""
     import gc
 
-    found = [vars(module) for module, _, _ in taken.values()] + list(dicts)
-    for _, _, classes in taken.values():
+    found = [vars(module) for module, _, _, _ in taken.values()] + list(dicts)
+    for _, _, classes, instances in taken.values():
         found += [gc.get_referents(vars(cls))[0] for _, cls, _ in classes]  # the dict under the proxy
+        found += [vars(inst) for _, inst, _ in instances]
     views = tuple(map(tag_view, found)) if tag_view else ()
-    modules = tuple(module for module, _, _ in taken.values())
+    modules = tuple(module for module, _, _, _ in taken.values())
     return tuple(taken), modules, views, tuple(v.value for v in views)
 
 
@@ -322,6 +347,12 @@ def prepare():
         "pristine": pristine,
         "fingerprint": fingerprint(baseline, [pristine]),
         "why_not": plain_data_check(()),
+        # a copy of the checker the candidate cannot reach (it can rewrite `tampering.__code__`)
+        "tampering": types.FunctionType(
+            tampering.__code__, {"__builtins__": builtins}, "tampering", tampering.__defaults__
+        ),
+        # the tags' reader: the C getter, as c_uint64.value is a class attribute anyone can replace
+        "tag_value": ctypes._SimpleCData.__dict__["value"].__get__,
         # the job's stdin, stdout and stderr: fds 0, 1 and 2 are the host channel here, the job's there
         "streams": (
             open(0, closefd=False),
@@ -341,6 +372,7 @@ def judged(codes, judge, nonce, write, _exit, prepared):
     import _thread
     import builtins
     import functools
+    import gc
     import operator
     import signal
 
@@ -358,21 +390,52 @@ def judged(codes, judge, nonce, write, _exit, prepared):
     allowed = judge.get("allowed_types")
     why_not = plain_data_check(resolve_types(allowed)) if allowed else prepared["why_not"]
     entry_point = judge["entry_point"]
-    _tampering, _rigged, _modules, _dict, _list, _sorted = tampering, Rigged, sys.modules, dict, list, sorted
+    _tampering, _rigged, _modules = prepared["tampering"], Rigged, sys.modules
+    _dict, _list, _sorted, _len, _hash = dict, list, sorted, len, object.__hash__
     _isinstance, _callable, _print, _type, _dumps, _zip = isinstance, callable, print, type, json.dumps, zip
     _functions = (types.FunctionType, types.BuiltinFunctionType, functools._lru_cache_wrapper)
     _join, _flush, _flush_err, _print_exc = "; ".join, sys.stdout.flush, sys.stderr.flush, traceback.print_exc
     _exec, _gettrace, _getprofile, _fast = exec, sys.gettrace, sys.getprofile, tag_view is not None
-    _map, _tuple, _value, _is_not = map, tuple, operator.attrgetter("value"), operator.is_not
-    _str, _id, _module_type = str, id, types.ModuleType
-    taken_modules = frozenset(_id(module) for module in mods)
-    # Code of the candidate's that could run while the tests do, between the checks: its threads and its
-    # signal handlers (a timer's) could change a list it returned after the check passed it.
+    _map, _tuple, _value, _is_not = map, tuple, prepared["tag_value"], operator.is_not
+    _str, _module_type, _getattr = str, types.ModuleType, getattr
+    _refusal, _not_here = RuntimeError, ValueError
+    taken_modules = frozenset(_hash(module) for module in mods)
+    classed = taken_modules | {_hash(inst) for entry in taken.values() for _, inst, _ in entry[3]}
+    # Code of the candidate's that could run while the tests do, between the checks: its threads, its
+    # signal handlers (a timer's), finalizers of its objects run by the garbage collector and the
+    # collector's callbacks could change a list it returned after the check passed it. The collector is
+    # off for the job (a job is short; the memory limit stands).
     _threads, _getsignal, _any = _thread._count, _signal.getsignal, any
+    _gc_on, _gc_callbacks = gc.isenabled, gc.callbacks
     catchable = tuple(n for n in signal.valid_signals() if n not in (signal.SIGKILL, signal.SIGSTOP))
     handlers = tuple(map(_getsignal, catchable))
     qualname = type.__dict__["__qualname__"].__get__
     violations, returned = [], set()
+
+    # An audit hook (PEP 578; it cannot be removed) refuses what rewrites code in place, where no
+    # snapshot sees it (a function's __code__ or defaults, a module's class), and the ways into the
+    # interpreter's own memory (the collector's object lists, ctypes); frames are refused to callers
+    # that ask sys._getframe, with the ValueError the standard library expects where there are none.
+    refused = {
+        "gc.get_objects": "listed the interpreter's objects",
+        "gc.get_referrers": "looked up an object's referrers",
+        "gc.get_referents": "looked up an object's referents",
+        "sys.addaudithook": "added an audit hook",
+    }
+    rewrites = ("__code__", "__defaults__", "__kwdefaults__")
+
+    def guard(event, args):
+        if event in refused or event[:7] == "ctypes.":
+            violations.append(refused.get(event) or f"used ctypes ({event})")
+            raise _refusal(f"{event} is not allowed here")
+        if event == "object.__setattr__" or event == "object.__delattr__":
+            target, attr = args[0], args[1]
+            if attr in rewrites or (attr == "__class__" and _hash(target) in classed):
+                what = _getattr(target, "__qualname__", None) or _getattr(target, "__name__", "?")
+                violations.append(f"rewrote {what}.{attr}")
+                raise _refusal(f"setting {attr} is not allowed here")
+        elif event == "sys._getframe" or event == "sys._current_frames":
+            raise _not_here("frames are not available here")
 
     def rigged_now():
         """What is rigged at this moment. Checked around every call of the candidate's functions too,
@@ -382,6 +445,8 @@ def judged(codes, judge, nonce, write, _exit, prepared):
         found = []
         if _gettrace() is not None or _getprofile() is not None:
             found.append("set a trace or profile hook")
+        if _gc_on() or _len(_gc_callbacks):
+            found.append("turned the garbage collector on or hooked it")
         if _threads():
             found.append("started a thread")
         if _any(_map(_is_not, _map(_getsignal, catchable), handlers)):  # by identity: == can be rigged
@@ -397,8 +462,11 @@ def judged(codes, judge, nonce, write, _exit, prepared):
     def wrap(fn, name):
         def call(*args, **kwargs):
             found = rigged_now()
+            plain_args = why_not((args, kwargs)) is None
             result = fn(*args, **kwargs)
             found += rigged_now()
+            if plain_args and why_not((args, kwargs)) is not None:  # something planted in the tests' data
+                found.append(f"{name} put {why_not((args, kwargs))[0]} into its arguments")
             if found:
                 violations.extend(found)
                 raise _rigged(found[0])
@@ -427,6 +495,8 @@ def judged(codes, judge, nonce, write, _exit, prepared):
 
     tests = {"__name__": "__main__", "__builtins__": pristine}
     candidate = {"__name__": "__main__", "__builtins__": builtins}
+    gc.disable()
+    sys.addaudithook(guard)
     try:
         if len(codes) > 2:  # the prompt's helpers (HumanEval/38's encode_cyclic): the tests call these
             try:
@@ -443,7 +513,7 @@ def judged(codes, judge, nonce, write, _exit, prepared):
                 continue
             if _isinstance(obj, _functions):
                 tests[name] = wrap(obj, name)
-            elif _type(obj) is _module_type and _id(obj) in taken_modules:
+            elif _type(obj) is _module_type and _hash(obj) in taken_modules:
                 tests[name] = obj
             elif why_not(obj) is None:
                 tests[name] = obj

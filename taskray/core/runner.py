@@ -97,7 +97,10 @@ def run_items(
     common["concurrent_calls"] = concurrent_calls
     parts = []
     for node, keys, size in pools:
-        if size:
+        if size and node:  # no more than the node can run at once: the others would wait for it forever
+            cpus = max(1, int(node_cpus.get(node, 1) // max(cpus_per_actor, 1e-9)))
+            sizes = {"size": min(size, cpus)}
+        elif size:
             sizes = {"size": size}
         elif node:
             cpus = max(1, int(node_cpus.get(node, 1) // max(cpus_per_actor, 1e-9)))
@@ -146,7 +149,8 @@ def plan_pools(
     sends items to, then (None, the rest, ...). A fixed number of `actors` is shared among the pools, one
     actor at least each, so the smallest nodes' items are not placed when there are more pools than
     actors. Pure."""
-    placement = {key: node for key, node in placement.items() if key in set(keys)}
+    wanted = set(keys)
+    placement = {key: node for key, node in placement.items() if key in wanted}
     by_node: dict[str, list[str]] = {}
     for key in keys:
         if key in placement:

@@ -132,7 +132,7 @@ def evaluate(
     )
     todo = {k: v for k, v in batches.items() if k not in done}
     bar = Progress("eval", len(jobs)) if progress else None
-    tally: Counter = Counter(r["status"] for res in done.values() for r in res["rows"])
+    tally: Counter = Counter(r["status"] for k, res in done.items() if k in batches for r in res["rows"])
     finished = sum(tally.values())
     worker_args = {"containers": containers, "limits": vars(limits), "fresh": fresh}
     for key, result in run_items(

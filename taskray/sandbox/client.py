@@ -235,6 +235,7 @@ class Sandbox:
                 if reply.get("runner_error") or reply.get("id") != frame["id"]:
                     raise _Broken(f"sandbox {self.id} runner error: {reply.get('runner_error', reply)}")
                 if reply.get("not_run"):
+                    self.usable = False  # the runner stopped the frame: this container is done for
                     break
                 results.append(self._result(reply, nonce))
                 start = time.monotonic()

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from taskray.sandbox.client import ContainerLimits, InfraError, Result, Sandbox
+from taskray.sandbox.client import GRACE, ContainerLimits, InfraError, Result, Sandbox
 from taskray.sandbox.daemon import SandboxUnavailable, docker_client, gc, image_name, new_session
 from taskray.sandbox.image import image_state
 
@@ -98,11 +98,13 @@ class SandboxPool:
         results: list[Result | None] = [None] * len(jobs)
         attempts = [0] * len(jobs)
         pending = list(range(len(jobs)))
+        # other callers' frames hold containers as long as this one's would: wait for that, at least
+        wait = max(WAIT_FOR_CONTAINER, 2 * sum(job[1] + GRACE for job in jobs))
         while pending:
             try:
-                got = self._idle.get(timeout=WAIT_FOR_CONTAINER)
+                got = self._idle.get(timeout=wait)
             except queue.Empty:
-                got = InfraError(f"no sandbox container became free within {WAIT_FOR_CONTAINER:.0f}s")
+                got = InfraError(f"no sandbox container became free within {wait:.0f}s")
             if isinstance(got, Exception):
                 self._maint.submit(self._spawn)
                 ran = [Result("infra_error", detail=str(got))] + [None] * (len(pending) - 1)

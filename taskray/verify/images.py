@@ -177,7 +177,7 @@ def prune(client, cap_bytes: float) -> list[str]:
     for tags, image, only_ours in sorted(ours, key=lambda entry: last_use(entry[0])):
         if total <= cap_bytes:
             break
-        if not only_ours:
+        if not only_ours or image.get("Containers", 0) > 0:  # a container (even stopped) keeps it anyway
             continue
         with contextlib.ExitStack() as held:
             try:
