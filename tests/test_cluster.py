@@ -88,14 +88,16 @@ def test_scan_survives_a_worker_node_killed_mid_run(cluster, corpus, tmp_path):
 
 @pytest.fixture(scope="module")
 def samples(shared_data, tmp_path_factory) -> tuple[str, Path]:
-    """240 HumanEval samples: right, wrong and right again for 80 problems."""
+    """240 HumanEval samples: right, wrong and right again for 80 problems. The wrong ones take a moment
+    (a third of a second), so a run lasts long enough to lose a node in the middle of it."""
     import gzip
 
     problems_path = shared_data / "humaneval" / "HumanEval.jsonl.gz"
     problems = [json.loads(line) for line in gzip.open(problems_path, "rt")][:80]
     rows = []
     for p in problems:
-        for completion in (p["canonical_solution"], "    return None\n", p["canonical_solution"]):
+        slow_and_wrong = "    import time\n    time.sleep(0.3)\n    return None\n"
+        for completion in (p["canonical_solution"], slow_and_wrong, p["canonical_solution"]):
             rows.append({"task_id": p["task_id"], "completion": completion})
     path = tmp_path_factory.mktemp("samples") / "samples.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -124,9 +126,11 @@ def test_eval_survives_a_worker_node_killed_while_it_holds_containers(cluster, s
     client = docker_client()
     started = time.monotonic()
     proc = cluster.taskray(*args, "--out", str(killed))
-    wait_for(lambda: receipts(killed) >= 4, 180, "four batches done", proc)
-    assert any("MapWorker" in t for t in cluster.actors_on(0))
-    cluster.kill_worker(0)
+    wait_for(lambda: receipts(killed) >= 2, 180, "two batches done", proc)
+    # the first actors up take every batch in hand (four each), so the node to kill is one that has them
+    busy = [i for i in range(len(cluster.workers)) if any("MapWorker" in t for t in cluster.actors_on(i))]
+    assert busy
+    cluster.kill_worker(busy[0])
     finish(proc, started)
     assert verdicts(killed) == want  # the killed node's samples were run again, not failed
     metrics = json.loads((killed / "metrics.json").read_text())
