@@ -463,13 +463,15 @@ def judged(codes, judge, nonce, write, _exit, prepared):
         def call(*args, **kwargs):
             found = rigged_now()
             plain_args = why_not((args, kwargs)) is None
-            result = fn(*args, **kwargs)
-            found += rigged_now()
-            if plain_args and why_not((args, kwargs)) is not None:  # something planted in the tests' data
-                found.append(f"{name} put {why_not((args, kwargs))[0]} into its arguments")
-            if found:
-                violations.extend(found)
-                raise _rigged(found[0])
+            try:
+                result = fn(*args, **kwargs)
+            finally:  # after an exception too: tests may catch it and carry on
+                found += rigged_now()
+                if plain_args and why_not((args, kwargs)) is not None:  # planted in the tests' data
+                    found.append(f"{name} put {why_not((args, kwargs))[0]} into its arguments")
+                if found:
+                    violations.extend(found)
+                    raise _rigged(found[0])
             problem = why_not(result)
             if problem is not None:
                 why, kind = problem

@@ -248,6 +248,30 @@ def test_modules_the_tests_import_are_snapshotted_before_the_candidate_runs(pool
     assert judge(pool, TEXTWRAP, humaneval.canonical_completion(TEXTWRAP)).status == "passed"
 
 
+RAISES = {  # tests that expect an exception for bad input, and catch it
+    "task_id": "Raise/0",
+    "prompt": "def root(x: float) -> float:\n",
+    "canonical_solution": "    if x < 0:\n        raise ValueError(x)\n    return x ** 0.5\n",
+    "test": "import math\n\ndef check(candidate):\n    got = candidate(4.0)\n    try:\n"
+    "        candidate(-1.0)\n        raised = False\n    except ValueError:\n        raised = True\n"
+    "    assert raised\n    assert math.fabs(got - 2.0) < 1e-9\n",
+    "entry_point": "root",
+}
+
+
+def test_a_call_that_raises_is_checked_too(pool):
+    """The wrong answer's second call patches math.fabs (to put itself back once used) and raises, as
+    the tests expect; they catch it and then check the first answer with the patched fabs."""
+    hack = (
+        "import math\n_real = math.fabs\ndef _fake(v):\n    math.fabs = _real\n    return 0.0\n"
+        "def root(x):\n    if x < 0:\n        math.fabs = _fake\n        raise ValueError(x)\n"
+        "    return 7.0\n"
+    )
+    result = judge(pool, RAISES, hack)
+    assert result.status == "failed" and "replaced math.fabs" in result.detail, result
+    assert judge(pool, RAISES, humaneval.canonical_completion(RAISES)).status == "passed"
+
+
 CAPTURED = {  # tests that capture what the candidate prints, by swapping sys.stdout for a while
     "task_id": "Print/0",
     "prompt": "def greet(name: str) -> None:\n",
