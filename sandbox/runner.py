@@ -467,8 +467,9 @@ def judged(codes, judge, nonce, write, _exit, prepared):
                 result = fn(*args, **kwargs)
             finally:  # after an exception too: tests may catch it and carry on
                 found += rigged_now()
-                if plain_args and why_not((args, kwargs)) is not None:  # planted in the tests' data
-                    found.append(f"{name} put {why_not((args, kwargs))[0]} into its arguments")
+                planted = why_not((args, kwargs)) if plain_args else None  # in the tests' own data
+                if planted is not None:
+                    found.append(f"{name} put {planted[0]} into its arguments")
                 if found:
                     violations.extend(found)
                     raise _rigged(found[0])

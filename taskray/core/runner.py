@@ -95,18 +95,19 @@ def run_items(
     node_cpus = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in alive if n["Alive"]}
     common = {"worker": worker, "worker_args": worker_args or {}, "cpus_per_actor": cpus_per_actor}
     common["concurrent_calls"] = concurrent_calls
+
+    def actors_fitting(cpus: float) -> int:
+        return max(1, int(cpus // max(cpus_per_actor, 1e-9)))
+
     parts = []
     for node, keys, size in pools:
-        if size and node:  # no more than the node can run at once: the others would wait for it forever
-            cpus = max(1, int(node_cpus.get(node, 1) // max(cpus_per_actor, 1e-9)))
-            sizes = {"size": min(size, cpus)}
+        if node:  # no more than the node can run at once: the others would wait for it forever
+            room = actors_fitting(node_cpus.get(node, 1))
+            sizes = {"size": min(size, room)} if size else {"min_size": 1, "max_size": min(len(keys), room)}
         elif size:
             sizes = {"size": size}
-        elif node:
-            cpus = max(1, int(node_cpus.get(node, 1) // max(cpus_per_actor, 1e-9)))
-            sizes = {"min_size": 1, "max_size": min(len(keys), cpus)}
         else:
-            cpus = max(1, int(ray.available_resources().get("CPU", 1) // max(cpus_per_actor, 1e-9)))
+            cpus = actors_fitting(ray.available_resources().get("CPU", 1))
             # above the CPUs there are now, Ray Data grows the pool only when an autoscaling cluster adds
             # nodes
             sizes = {"min_size": 1, "initial_size": min(cpus, len(keys)), "max_size": len(keys)}
