@@ -3,8 +3,8 @@
     python benchmarks/scan.py [--tasks 300000] [--rounds 2] [--profile real|tasktrove]
     python benchmarks/scan.py --tasks 1850000 --profile tasktrove   # TaskTrove's own size
 
-Start-up (Ray Data's actors importing on 2 cores) is a fixed few seconds, so the smaller default corpus
-shows a lower ratio than a scan of the full corpus; the README reports both.
+Start-up (Ray's processes and the actors importing on 2 cores) is a fixed few seconds, so the smaller
+default corpus shows a lower ratio than a scan of the full corpus; the README reports both.
 
 Every contender reads the same corpus, by default built from the real Harbor tasks in
 ../shared/data/harbor-tasks (`taskray synth --profile real`: each row one of them, its instruction
@@ -94,7 +94,7 @@ def child_article(corpus: str) -> dict:
 
 
 def child_taskray(corpus: str, cpus: int, out: str) -> dict:
-    import ray.data  # noqa: F401  (imports are not timed, as for the article's `datasets`)
+    import ray  # noqa: F401  (imports are not timed, as for the article's `datasets`)
 
     from taskray.core.raycluster import init_ray
     from taskray.scan.job import scan

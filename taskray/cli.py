@@ -22,7 +22,7 @@ from taskray.errors import TaskrayError, one_line
 
 # command -> (module with COMMANDS, help)
 COMMANDS = {
-    "scan": ("taskray.scan.cli", "scan a TaskTrove corpus on Ray Data and write a verifier catalog"),
+    "scan": ("taskray.scan.cli", "scan a TaskTrove corpus on Ray and write a verifier catalog"),
     "export": (
         "taskray.scan.cli",
         "export tasks selected from a catalog as Harbor folders or TaskTrove shards",

@@ -226,7 +226,7 @@ class AutoscalingCluster:
         return len(self._ours())
 
     def busy_actors(self) -> int:
-        """Ray Data actors running on this cluster's nodes now."""
+        """Job actors (the runner's ItemActor) running on this cluster's nodes now."""
         import psutil
 
         count = 0
@@ -237,7 +237,7 @@ class AutoscalingCluster:
                 continue
             for child in children:
                 try:
-                    count += " ".join(child.cmdline()).startswith("ray::MapWorker")
+                    count += " ".join(child.cmdline()).startswith("ray::ItemActor")
                 except psutil.Error:
                     pass
         return count

@@ -63,7 +63,7 @@ def test_scan_survives_a_worker_node_killed_mid_run(cluster, corpus, tmp_path):
     started = time.monotonic()
     proc = cluster.taskray("scan", str(corpus), "--out", str(killed), "--rows-per-piece", "500")
     wait_for(lambda: receipts(killed) >= 10, 120, "ten pieces done", proc)
-    assert any("MapWorker" in t for t in cluster.actors_on(0))  # the node dies with work in hand
+    assert any("ItemActor" in t for t in cluster.actors_on(0))  # the node dies with work in hand
     cluster.kill_worker(0)
     finish(proc, started)
     pieces = json.loads((killed / "plan.json").read_text())["pieces"]
@@ -128,7 +128,7 @@ def test_eval_survives_a_worker_node_killed_while_it_holds_containers(cluster, s
     proc = cluster.taskray(*args, "--out", str(killed))
     wait_for(lambda: receipts(killed) >= 2, 180, "two batches done", proc)
     # the first actors up take every batch in hand (four each), so the node to kill is one that has them
-    busy = [i for i in range(len(cluster.workers)) if any("MapWorker" in t for t in cluster.actors_on(i))]
+    busy = [i for i in range(len(cluster.workers)) if any("ItemActor" in t for t in cluster.actors_on(i))]
     assert busy
     cluster.kill_worker(busy[0])
     finish(proc, started)
@@ -186,7 +186,7 @@ def test_mix_shards_are_identical_on_1_2_and_4_nodes_and_with_a_node_killed(
             return len(list(Store(out).list("_progress")))
 
         wait_for(lambda: shards_done() >= 5, 120, "five shards done", proc)
-        assert any("MapWorker" in t for t in c.actors_on(0))
+        assert any("ItemActor" in t for t in c.actors_on(0))
         c.kill_worker(0)
         finish(proc, started)
         assert shard_hashes(out) == hashes[1]
@@ -249,7 +249,7 @@ def test_verify_submitted_as_a_job_survives_a_worker_node_killed(tmp_path):
         started = time.monotonic()
         job = submit(c, "verify.py", *args, "--out", str(killed))
         wait_for(lambda: receipts(killed) >= 2, 180, "two environments done", job)
-        assert any("MapWorker" in t for t in c.actors_on(0))
+        assert any("ItemActor" in t for t in c.actors_on(0))
         c.kill_worker(0)
         finish(job, started)
 
@@ -344,8 +344,8 @@ def test_a_killed_driver_s_rerun_resumes_eval_and_mix(cluster, samples, shared_d
 
 def test_a_scan_grows_an_autoscaling_cluster_and_the_nodes_idle_out(tmp_path):
     """A scan wants more CPUs than the one-CPU head has: the autoscaler adds nodes, the scan's actor pool
-    grows onto them, and once the scan is done the nodes leave again. (Ray Data grows a pool one actor
-    at a time as it stays busy, and a new node takes a while to start here, so the scan is a long one.)"""
+    grows onto them, and once the scan is done the nodes leave again. (A new node takes a while to start
+    here, so the scan is a long one.)"""
     from cluster import AutoscalingCluster
 
     corpus, out = tmp_path / "corpus", tmp_path / "out"

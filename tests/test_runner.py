@@ -1,16 +1,28 @@
-"""The shared runner's bookkeeping, on a local folder: receipts of this plan are finished items, receipts
-of another plan are refused, and results that recorded an infrastructure failure are run again."""
+"""The shared runner: its bookkeeping on a local folder (receipts of this plan are finished items,
+receipts of another plan are refused, results that recorded an infrastructure failure are run again), and
+its actors on a real local Ray (an item whose worker process dies runs again; one that keeps killing its
+workers fails the run; a worker that cannot be built fails it with its own error; actors end gracefully)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
-from taskray.core.runner import finished_items, mark_complete, plan_pools, receipt_name, share_actors
+from taskray.core.runner import (
+    MAX_ATTEMPTS,
+    finished_items,
+    mark_complete,
+    plan_pools,
+    receipt_name,
+    run_items,
+    share_actors,
+)
 from taskray.core.storage import Store
-from taskray.errors import BadInput
+from taskray.errors import BadInput, JobFailed, StorageError
 
 
 def write_receipt(store: Store, plan_id: str, key: str, result: dict) -> None:
@@ -69,3 +81,72 @@ def test_placed_items_run_in_a_pool_per_node_within_a_fixed_number_of_actors():
     assert plan_pools(keys, placement, 2) == [("a", ["k0", "k1", "k2"], 1), (None, keys[3:], 1)]
     assert plan_pools(keys, placement, 1) == [(None, keys, 1)]
     assert plan_pools(keys[:4], placement, 8) == [("a", ["k0", "k1", "k2"], 3), ("b", ["k3"], 1)]
+
+
+class DiesOnSomeItems:
+    """A worker whose process dies (os._exit, as a segfault or a lost node would end it) on items marked
+    `die`, the first `deaths` times each; it leaves a file behind when closed."""
+
+    def __init__(self, marks: str, deaths: int):
+        self.marks, self.deaths = Path(marks), deaths
+
+    def close(self) -> None:
+        (self.marks / f"closed-{os.getpid()}").touch()
+
+    def __call__(self, item: dict) -> dict:
+        if item.get("die"):
+            tries = self.marks / f"tries-{item['n']}"
+            count = int(tries.read_text()) if tries.exists() else 0
+            tries.write_text(str(count + 1))
+            if count < self.deaths:
+                (self.marks / f"died-{os.getpid()}").touch()
+                os._exit(1)
+        return {"n": item["n"], "pid": os.getpid()}
+
+
+class CannotBeBuilt:
+    def __init__(self):
+        raise StorageError("s3://nowhere: the bucket does not exist")
+
+
+@pytest.fixture
+def ray_here(ray_local):
+    """Ray workers cannot import this test module by name: its classes travel by value."""
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return ray_local
+
+
+def some_items(dying: int) -> dict[str, dict]:
+    return {f"i{n}": {"n": n, "die": n == dying} for n in range(8)}
+
+
+def test_an_item_whose_worker_died_runs_again_and_every_actor_ends_gracefully(ray_here, tmp_path):
+    marks, store = tmp_path / "marks", Store(str(tmp_path / "out"))
+    marks.mkdir()
+    worker_args = {"marks": str(marks), "deaths": 1}
+    got = dict(run_items(some_items(3), DiesOnSomeItems, store, "plan", worker_args))
+    assert {key: r["n"] for key, r in got.items()} == {f"i{n}": n for n in range(8)}
+    assert (marks / "tries-3").read_text() == "2"  # died once, then ran on another actor
+    assert set(finished_items(store, "plan")) == set(got)
+    # every actor that ran items had its worker closed (containers removed, say) before run_items returned
+    died = {int(f.name[5:]) for f in marks.glob("died-*")}
+    assert len(died) == 1
+    assert {r["pid"] for r in got.values()} - died <= {int(f.name[7:]) for f in marks.glob("closed-*")}
+
+
+def test_an_item_that_keeps_killing_its_workers_fails_the_run_by_name(ray_here, tmp_path):
+    marks, store = tmp_path / "marks", Store(str(tmp_path / "out"))
+    marks.mkdir()
+    worker_args = {"marks": str(marks), "deaths": 99}
+    done = []
+    with pytest.raises(JobFailed, match=f"item i5: its worker died {MAX_ATTEMPTS} times") as err:
+        for key, _ in run_items(some_items(5), DiesOnSomeItems, store, "plan", worker_args):
+            done.append(key)
+    assert "rerun the same command to resume" in str(err.value)
+    assert (marks / "tries-5").read_text() == str(MAX_ATTEMPTS)
+    assert set(finished_items(store, "plan")) == set(done)  # what finished is kept
+
+
+def test_a_worker_that_cannot_be_built_fails_the_run_with_its_own_error(ray_here, tmp_path):
+    with pytest.raises(StorageError, match="s3://nowhere: the bucket does not exist; the run failed, 0 of 8"):
+        list(run_items(some_items(-1), CannotBeBuilt, Store(str(tmp_path)), "plan"))

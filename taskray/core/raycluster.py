@@ -1,11 +1,9 @@
 """Connecting to Ray the same way from the CLI, `ray job submit` entrypoints and notebooks.
 
-Without -v, Ray is asked to keep quiet: its own INFO lines, Ray Data's execution banners and progress
-bars, worker output streamed to the driver, the local token-auth notice and the C++ core's log lines
-(RAY_BACKEND_LOG_LEVEL=fatal: Ray Data's actors trip a harmless "constructor arguments in the object
-store" error line, ray-project/ray#57733) are off, because our progress lines say what a user needs.
-Errors still arrive: a failed item raises on the driver with its cause, and `-v` (or TASKRAY_VERBOSE=1)
-shows everything Ray says.
+Without -v, Ray is asked to keep quiet: its own INFO lines, worker output streamed to the driver, the
+local token-auth notice and the C++ core's log lines (RAY_BACKEND_LOG_LEVEL=fatal) are off, because our
+progress lines say what a user needs. Errors still arrive: a failed item raises on the driver with its
+cause, and `-v` (or TASKRAY_VERBOSE=1) shows everything Ray says.
 """
 
 from __future__ import annotations
@@ -52,8 +50,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     kwargs["log_to_driver"] = loud
     if not loud:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-        for name in ("ray._private.authentication.authentication_token_setup", "ray.data._internal.progress"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     with contextlib.nullcontext() if loud else _stderr_discarded():
         if os.environ.get("RAY_ADDRESS"):
             ray.init(**kwargs)
@@ -63,7 +60,6 @@ def init_ray(num_cpus: int | None = None) -> None:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     if not os.environ.get("RAY_ADDRESS"):
         _reap_when_this_process_dies(ray._private.worker._global_node.get_session_dir_path())
-    quiet_ray_data(loud)
 
 
 # A watchdog process, one per local Ray. Twice a second it notes the processes descended from this one
@@ -144,16 +140,3 @@ def _stderr_discarded() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
 
-
-def quiet_ray_data(loud: bool) -> None:
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = loud
-    ctx.print_on_execution_start = loud
-    ctx.enable_auto_log_stats = False
-    # A worker's own exception (a StorageError, a BadInput naming a corrupt file) reaches the runner as
-    # it was raised, not as Ray Data's generic UserCodeException; the runner reports it in one line and
-    # keeps the traceback in the log file, so Ray Data's own ERROR lines are only for -v.
-    ctx.raise_original_map_exception = True
-    logging.getLogger("ray.data").setLevel(logging.INFO if loud else logging.CRITICAL)

@@ -1,16 +1,17 @@
 """The one way a job runs its items on Ray: each exactly once, resumable, refusing to mix two runs.
 
 A job hands over a dict of items (each named by a unique key) and a worker class. The worker is built
-once per Ray Data actor (imports, Docker pools and caches stay warm) and turns one item into a small
+once per Ray actor (imports, Docker pools and caches stay warm) and turns one item into a small
 JSON-able result, writing the item's own output atomically on the way (a catalog piece, a mix shard).
 The runner:
 
 - reads the receipts already in DEST (`_progress/<key>.json`, the item's result plus the run's
   `plan_id`) and skips those items; a receipt of another plan means DEST holds a different run, which
   is refused (`BadInput`), never mixed in;
-- runs the rest on a pool of Ray Data actors: one per free CPU to start, growing up to one per item when
-  an autoscaling cluster adds nodes; two items queued per actor, so no actor waits for the driver. Ray
-  Data retries an item whose actor or node died, so infrastructure failures never become results;
+- runs the rest on a pool of Ray actors: one per free CPU to start, growing up to one per item as the
+  cluster has room (an autoscaling cluster is asked for it); two items queued per actor, so no actor
+  waits for the driver. An item whose actor or node died runs again on another actor, so
+  infrastructure failures never become results;
 - writes each receipt on the driver as its result arrives (after the item's output: a receipt means
   the output is whole) and yields it, so the job can show progress. Receipts are written by a few
   threads at once: one PUT at a time would cap a cluster at one item per store round trip.
@@ -22,6 +23,8 @@ item is done: the marker is written last, so a reader that waits for it never se
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -31,6 +34,9 @@ from taskray.errors import BadInput, JobFailed, TaskrayError
 
 RECEIPTS = "_progress"
 RECEIPT_WRITERS = 16  # receipts in flight at once
+MAX_ATTEMPTS = 4  # an item whose actor died this often fails the run: it is likely what kills them
+LOOK_FOR_ROOM = 1.0  # seconds between looks for free CPUs that a growing pool could start actors on
+ACTOR_EXIT_WAIT = 60.0  # seconds the end of a run waits for its actors' clean-up
 
 
 def receipt_name(key: str) -> str:
@@ -53,15 +59,27 @@ def finished_items(store: Store, plan_id: str, redo: Callable[[dict], bool] | No
     return done
 
 
-class _ItemActor:
-    """The Ray Data actor: builds the job's worker once, then maps items to JSON results."""
+class ItemActor:
+    """The Ray actor: builds the job's worker once, then turns items into JSON-able results.
+
+    A worker that cannot be built (no Docker on that node, a bad argument) is not an actor death: the
+    error is kept and raised by every call, so it reaches the driver as the worker's own exception. A
+    worker with a `close()` method has it called when the actor has no more items (containers, say)."""
 
     def __init__(self, worker: Callable[..., Callable[[dict], dict]], worker_args: dict):
-        self.worker = worker(**worker_args)
+        try:
+            self.worker, self.broken = worker(**worker_args), None
+        except Exception as err:
+            self.worker, self.broken = None, err
 
-    def __call__(self, row: dict) -> dict:
-        result = self.worker(json.loads(row["item"]))
-        return {"key": row["key"], "result": json.dumps(result)}
+    def run(self, item: dict) -> dict:
+        if self.broken is not None:
+            raise self.broken
+        return self.worker(item)
+
+    def close(self) -> None:
+        if hasattr(self.worker, "close"):
+            self.worker.close()
 
 
 def run_items(
@@ -85,51 +103,31 @@ def run_items(
     items go to a pool of actors on that node (soft: if the node is gone, anywhere), the rest as usual;
     with `actors` fewer than the pools, the smallest nodes' items are not placed.
     """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     if not items:
         return
-    pools = plan_pools(list(items), placement or {}, actors)
-    alive = ray.nodes() if any(node for node, _, _ in pools) else []
-    node_cpus = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in alive if n["Alive"]}
-    common = {"worker": worker, "worker_args": worker_args or {}, "cpus_per_actor": cpus_per_actor}
-    common["concurrent_calls"] = concurrent_calls
-
-    def actors_fitting(cpus: float) -> int:
-        return max(1, int(cpus // max(cpus_per_actor, 1e-9)))
-
-    parts = []
-    for node, keys, size in pools:
-        if node:  # no more than the node can run at once: the others would wait for it forever
-            room = actors_fitting(node_cpus.get(node, 1))
-            sizes = {"size": min(size, room)} if size else {"min_size": 1, "max_size": min(len(keys), room)}
-        elif size:
-            sizes = {"size": size}
-        else:
-            cpus = actors_fitting(ray.available_resources().get("CPU", 1))
-            # above the CPUs there are now, Ray Data grows the pool only when an autoscaling cluster adds
-            # nodes
-            sizes = {"min_size": 1, "initial_size": min(cpus, len(keys)), "max_size": len(keys)}
-        pinned = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} if node else {}
-        parts.append(_mapped(items, keys, sizes, pinned, **common))
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     finished = 0
     writers = ThreadPoolExecutor(RECEIPT_WRITERS, thread_name_prefix="receipts")
     writing: set[Future] = set()
+    actors = _Actors(
+        items,
+        plan_pools(list(items), placement or {}, actors),
+        worker,
+        worker_args or {},
+        cpus_per_actor,
+        concurrent_calls,
+    )
     try:
-        for row in ds.iter_rows():
-            result = json.loads(row["result"])
-            receipt = json.dumps({"plan_id": plan_id, "key": row["key"], "result": result}).encode()
-            writing.add(writers.submit(store.write_bytes, receipt_name(row["key"]), receipt))
+        for key, result in actors.results():
+            receipt = json.dumps({"plan_id": plan_id, "key": key, "result": result}).encode()
+            writing.add(writers.submit(store.write_bytes, receipt_name(key), receipt))
             for written in [w for w in writing if w.done()]:
                 writing.discard(written)
                 written.result()  # a receipt that could not be written fails the run now, not later
             finished += 1
-            yield row["key"], result
+            yield key, result
         for written in writing:
             written.result()  # every receipt is down before the job may write its completion marker
-    except Exception as err:  # an item kept failing after Ray Data's retries, or storage did
+    except Exception as err:  # an item failed (or kept killing its actors), or storage did
         cause = _root_cause(err)
         if isinstance(cause, BadInput):
             raise cause from err
@@ -140,6 +138,7 @@ def run_items(
             raise type(cause)(f"{cause}; {resume}") from err
         raise JobFailed(f"an item failed: {type(cause).__name__}: {cause}; {resume}") from err
     finally:
+        actors.close()
         writers.shutdown(wait=True)  # receipts of results already received are kept, even on failure
 
 
@@ -181,33 +180,207 @@ def share_actors(counts: list[int], actors: int) -> list[int]:
     return sizes
 
 
-def _mapped(
-    items: dict[str, dict],
-    keys: list[str],
-    sizes: dict,
-    remote_args: dict,
-    worker: Callable,
-    worker_args: dict,
-    cpus_per_actor: float,
-    concurrent_calls: int,
-):
-    """The dataset of the items `keys`, mapped by a pool of `sizes` actors."""
-    import ray
+class _Pool:
+    """Actors (started on one node, or anywhere) for some of the items, and the items they have left."""
 
-    threads = {"max_concurrent_calls_per_actor": concurrent_calls, "enable_true_multi_threading": True}
-    pool = ray.data.ActorPoolStrategy(
-        **sizes,
-        max_tasks_in_flight_per_actor=2 * concurrent_calls,  # the next item is always waiting
-        **(threads if concurrent_calls > 1 else {}),
-    )
-    rows = [{"key": key, "item": json.dumps(items[key])} for key in keys]
-    return ray.data.from_items(rows, override_num_blocks=len(rows)).map(
-        _ItemActor,
-        fn_constructor_kwargs={"worker": worker, "worker_args": worker_args},
-        num_cpus=cpus_per_actor,
-        compute=pool,
-        **remote_args,
-    )
+    def __init__(self, keys: list[str], actor_class: Any, target: int, grows: bool):
+        self.todo = deque(keys)
+        self.actor_class, self.target, self.grows = actor_class, target, grows
+        self.load: dict[Any, int] = {}  # a started actor: its calls in flight
+        self.starting = 0
+
+
+class _Actors:
+    """Runs items on pools of ItemActors, each item to exactly one result.
+
+    Plain Ray actors rather than a Ray Data pipeline: items are few and coarse (a file's piece, a batch of
+    samples), and a Ray Data pool starts its actors in new worker processes beside its own helper
+    actors, which costs seconds at the start of every job; plain actors take the workers Ray prestarts.
+    Each actor keeps `2 * concurrent_calls` items in hand, so it never waits for the driver. An item whose
+    actor or node died goes back to its pool's queue and a new actor takes the dead one's place; an
+    item that a worker failed on fails the run.
+    """
+
+    def __init__(
+        self,
+        items: dict[str, dict],
+        plan: list,
+        worker: Callable,
+        worker_args: dict,
+        cpus_per_actor: float,
+        concurrent_calls: int,
+    ):
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self.items, self.args, self.cpus = items, (worker, worker_args), cpus_per_actor
+        self.per_actor = 2 * concurrent_calls
+        self.calls: dict[Any, tuple[_Pool, Any, str]] = {}  # an item's call: its pool, actor and key
+        self.starting: dict[Any, tuple[_Pool, Any]] = {}  # an actor's readiness: its pool and actor
+        self.ending: list = []  # retired actors' clean-ups
+        self.attempts: Counter = Counter()  # an item's calls that ended with its actor's death
+        self.alone: set = set()  # actors running an item whose actor died before, and nothing else
+        self.failed_starts = 0
+        self.asked_autoscaler = False
+        alive = ray.nodes() if any(node for node, _, _ in plan) else []
+        node_cpus = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in alive if n["Alive"]}
+        actor_class = ray.remote(ItemActor)
+        self.pools = []
+        for node, keys, size in plan:
+            options: dict = {"num_cpus": cpus_per_actor, "max_concurrency": concurrent_calls}
+            if node:  # no more than the node can run at once: the others would wait for it forever
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+                target = min(size or len(keys), self._fitting(node_cpus.get(node, 1)))
+            else:
+                target = size or min(len(keys), self._fitting(ray.available_resources().get("CPU", 1)))
+            self.pools.append(
+                _Pool(keys, actor_class.options(**options), target, grows=not node and not size)
+            )
+
+    def _fitting(self, cpus: float) -> int:
+        return max(1, int(cpus // max(self.cpus, 1e-9)))
+
+    def results(self) -> Iterator[tuple[str, dict]]:
+        """(key, result) of every item, as each finishes."""
+        import ray
+
+        for pool in self.pools:
+            self._balance(pool)
+        self._ask_autoscaler()
+        looked = time.monotonic()
+        while self.calls or any(pool.todo for pool in self.pools):
+            ready, _ = ray.wait([*self.calls, *self.starting], num_returns=1, timeout=LOOK_FOR_ROOM)
+            for ref in ready:
+                if ref in self.starting:
+                    self._started(ref)
+                else:
+                    yield from self._finished(ref)
+            if time.monotonic() - looked >= LOOK_FOR_ROOM:
+                self._grow()
+                looked = time.monotonic()
+
+    def _start(self, pool: _Pool) -> None:
+        actor = pool.actor_class.remote(*self.args)
+        self.starting[actor.__ray_ready__.remote()] = (pool, actor)
+        pool.starting += 1
+
+    def _started(self, ref: Any) -> None:
+        import ray
+
+        pool, actor = self.starting.pop(ref)
+        pool.starting -= 1
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError as err:  # its node or process died before it was up
+            self.failed_starts += 1
+            if self.failed_starts >= MAX_ATTEMPTS * max(1, len(self.pools)):
+                raise JobFailed(f"worker actors keep dying as they start: {_first_line(err)}") from err
+        else:
+            self.failed_starts = 0
+            pool.load[actor] = 0
+        self._balance(pool)
+
+    def _finished(self, ref: Any) -> Iterator[tuple[str, dict]]:
+        import ray
+
+        rx = ray.exceptions
+        infra = (
+            rx.RayActorError,
+            rx.WorkerCrashedError,
+            rx.NodeDiedError,
+            rx.ObjectLostError,
+            rx.LocalRayletDiedError,
+            rx.OutOfMemoryError,
+        )
+        pool, actor, key = self.calls.pop(ref)
+        try:
+            result = ray.get(ref)
+        except infra as err:  # not the item's fault: it runs again on another actor
+            self.attempts[key] += 1
+            if self.attempts[key] >= MAX_ATTEMPTS:
+                raise JobFailed(
+                    f"item {key}: its worker died {self.attempts[key]} times ({_first_line(err)})"
+                ) from err
+            pool.todo.appendleft(key)
+            if actor in pool.load:
+                del pool.load[actor]
+                self.alone.discard(actor)
+                ray.kill(actor, no_restart=True)  # its other calls fail too and come back here
+        else:
+            pool.load[actor] -= 1
+            self.alone.discard(actor)
+            yield key, result
+        self._balance(pool)
+
+    def _balance(self, pool: _Pool) -> None:
+        """Hand queued items to the pool's actors with room, start actors for what is left (up to the
+        pool's target), and let actors with nothing left to do go (their CPUs may serve another pool)."""
+        for actor in sorted(pool.load, key=pool.load.get):
+            while pool.todo and pool.load[actor] < self.per_actor and actor not in self.alone:
+                key = pool.todo[0]
+                if self.attempts[key]:  # its actor died: it runs alone, so a death is its own
+                    if pool.load[actor]:
+                        break
+                    self.alone.add(actor)
+                pool.todo.popleft()
+                self.calls[actor.run.remote(self.items[key])] = (pool, actor, key)
+                pool.load[actor] += 1
+        room = pool.starting * self.per_actor
+        while len(pool.todo) > room and len(pool.load) + pool.starting < pool.target:
+            self._start(pool)
+            room += self.per_actor
+        if not pool.todo:
+            for actor in [a for a, load in pool.load.items() if load == 0]:
+                self._retire(pool, actor)
+
+    def _retire(self, pool: _Pool, actor: Any) -> None:
+        del pool.load[actor]
+        self.ending.append(actor.close.remote())
+        actor.__ray_terminate__.remote()
+
+    def _grow(self) -> None:
+        """Start more actors of a pool that may grow, if the cluster has CPUs free for them now (an
+        autoscaling cluster adds nodes when asked, see _ask_autoscaler)."""
+        import ray
+
+        if self.starting:
+            return  # the free CPUs the cluster reports may be theirs
+        free = ray.available_resources().get("CPU", 0)
+        for pool in self.pools:
+            while pool.grows and free >= self.cpus and len(pool.todo) > 0:
+                pool.target += 1
+                self._start(pool)
+                free -= self.cpus
+
+    def _ask_autoscaler(self) -> None:
+        """Ask an autoscaling cluster for CPUs for the items a pool may grow onto (a no-op elsewhere)."""
+        from ray.autoscaler.sdk import request_resources
+
+        wanted = sum(len(pool.todo) for pool in self.pools if pool.grows and len(pool.todo) > pool.target)
+        if wanted:
+            request_resources(bundles=[{"CPU": self.cpus}] * wanted)
+            self.asked_autoscaler = True
+
+    def close(self) -> None:
+        """End every actor, waiting (a while) for its worker's clean-up; withdraw the request for CPUs."""
+        import ray
+
+        for pool in self.pools:
+            for actor in list(pool.load):
+                self._retire(pool, actor)
+        for _, actor in self.starting.values():
+            ray.kill(actor, no_restart=True)  # never up, or not yet: it holds no items
+        self.starting.clear()
+        if self.ending:
+            ray.wait(self.ending, num_returns=len(self.ending), timeout=ACTOR_EXIT_WAIT)
+        if self.asked_autoscaler:
+            from ray.autoscaler.sdk import request_resources
+
+            request_resources(bundles=[])
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _root_cause(err: BaseException) -> BaseException:

@@ -36,9 +36,13 @@ class EvalWorker:
         from taskray.sandbox.pool import SandboxPool
 
         self.pool = SandboxPool(size=containers, limits=ContainerLimits(**limits), fresh=fresh)
-        # Ray Data ends its actors when the run is over; their containers go with them. (A killed actor
-        # cannot clean up: its containers exit with their stdin, and the next pool's gc removes them.)
+        # The runner calls close() when the actor is done; atexit covers an actor that ends otherwise but
+        # gracefully. (A killed actor cannot clean up: its containers exit with their stdin, and the next
+        # pool's gc removes them.)
         atexit.register(self.pool.close)
+
+    def close(self) -> None:
+        self.pool.close()
 
     def __call__(self, item: dict) -> dict:
         jobs = item["jobs"]

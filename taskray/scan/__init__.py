@@ -1,4 +1,4 @@
-"""scan: stream TaskTrove shards through Ray Data, detect which tasks carry a verifier, write a catalog.
+"""scan: stream TaskTrove shards across Ray actors, detect which tasks carry a verifier, write a catalog.
 
 Pure logic, no Ray: `blob` (parse one task blob safely), `detect` (the verifier rules), `catalog`
 (schema, rows, reading and selecting them back), `report` (summary and HTML), `synth` (test corpora).

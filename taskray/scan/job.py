@@ -1,7 +1,7 @@
-"""The scan job: stream TaskTrove shards through Ray Data, detect verifiers, write a resumable catalog.
+"""The scan job: stream TaskTrove shards across Ray actors, detect verifiers, write a resumable catalog.
 
 The unit of work is a *piece*: a run of whole row groups (up to 20k rows; a 64th of a smaller corpus) of
-one input parquet file. Each piece is read, parsed and written by one call of a long-lived Ray Data actor
+one input parquet file. Each piece is read, parsed and written by one call of a long-lived Ray actor
 (`PieceScanner`) to its own catalog file, named after the input file and row range; the shared runner
 (core/runner.py) skips pieces an earlier run finished and records each one as it completes. So:
 
@@ -141,14 +141,14 @@ def scan_piece(item: dict, out_url: str) -> dict:
 
 
 class PieceScanner:
-    """A long-lived Ray Data worker: scans whole pieces. An actor pool rather than one Ray task per
+    """A long-lived Ray worker: scans whole pieces. An actor pool rather than one Ray task per
     piece: each task paid a worker lease and a scheduling round trip (a few percent of a full piece's
     work, most of a shard's small last piece), while an actor keeps its imports warm and always has the
     next piece queued."""
 
     def __init__(self, out_url: str) -> None:
         self.out_url = out_url
-        # The worker's heap is mostly Ray, Ray Data and pyarrow objects that live as long as it does, and
+        # The worker's heap is mostly Ray and pyarrow objects that live as long as it does, and
         # the cyclic GC re-traversed them on every older-generation collection; frozen, they are skipped.
         gc.freeze()
 
