@@ -319,6 +319,13 @@ def fingerprint(taken, dicts=()):
     return tuple(taken), modules, views, tuple(v.value for v in views)
 
 
+def classed_in(taken):
+    """Addresses of the snapshotted modules, and of those and the instances they hold (whose class a
+    candidate may not replace)."""
+    modules = frozenset(object.__hash__(entry[0]) for entry in taken.values())
+    return modules, modules | {object.__hash__(inst) for entry in taken.values() for _, inst, _ in entry[3]}
+
+
 def resolve_types(names):
     """Types by 'module:qualname', as the problem's reference solution returns them."""
     import importlib
@@ -336,16 +343,22 @@ def resolve_types(names):
 def prepare():
     """What every job needs, made once before the first (forking then gives it to each for free) and
     kept out of the module's globals, which the candidate can reach (`import __main__`)."""
+    import _signal
     import builtins
 
     for name in WARM_MODULES:
         __import__(name)
     baseline = snapshot(["builtins", *WARM_MODULES])
     pristine = dict(vars(builtins))  # the tests' builtins
+    catchable = tuple(n for n in signal.valid_signals() if n not in (signal.SIGKILL, signal.SIGSTOP))
     return {
         "baseline": baseline,
         "pristine": pristine,
         "fingerprint": fingerprint(baseline, [pristine]),
+        # addresses of what the baseline holds, once: walking it in a job would write to every page
+        # it lives on (reference counts), and each write copies the page in the forked child
+        "classed": classed_in(baseline),
+        "signals": (catchable, tuple(map(_signal.getsignal, catchable))),  # raw: as the job compares
         "why_not": plain_data_check(()),
         # a copy of the checker the candidate cannot reach (it can rewrite `tampering.__code__`)
         "tampering": types.FunctionType(
@@ -374,7 +387,6 @@ def judged(codes, judge, nonce, write, _exit, prepared):
     import functools
     import gc
     import operator
-    import signal
 
     probe = judge.get("probe", False)  # a reference solution: record what it returns, fail nothing
     imported = judge["imported"]
@@ -399,17 +411,21 @@ def judged(codes, judge, nonce, write, _exit, prepared):
     _map, _tuple, _value, _is_not = map, tuple, prepared["tag_value"], operator.is_not
     _str, _module_type, _getattr = str, types.ModuleType, getattr
     _refusal, _not_here = RuntimeError, ValueError
-    taken_modules = frozenset(_hash(module) for module in mods)
-    classed = taken_modules | {_hash(inst) for entry in taken.values() for _, inst, _ in entry[3]}
+    taken_modules, classed = prepared["classed"]
+    if extra:
+        more_modules, more_classed = classed_in(extra)
+        taken_modules, classed = taken_modules | more_modules, classed | more_classed
     # Code of the candidate's that could run while the tests do, between the checks: its threads, its
     # signal handlers (a timer's), finalizers of its objects run by the garbage collector and the
     # collector's callbacks could change a list it returned after the check passed it. The collector is
     # off for the job (a job is short; the memory limit stands).
     _threads, _getsignal, _any = _thread._count, _signal.getsignal, any
     _gc_on, _gc_callbacks = gc.isenabled, gc.callbacks
-    catchable = tuple(n for n in signal.valid_signals() if n not in (signal.SIGKILL, signal.SIGSTOP))
-    handlers = tuple(map(_getsignal, catchable))
+    catchable, handlers = prepared["signals"]  # the runner's: the job inherits them
     qualname = type.__dict__["__qualname__"].__get__
+    # read as the C getters see them: a metaclass or a subclass can fake the attributes
+    _mro, _flags = type.__dict__["__mro__"].__get__, type.__dict__["__flags__"].__get__
+    _args, _exception_type = BaseException.__dict__["args"].__get__, Exception
     violations, returned = [], set()
 
     # An audit hook (PEP 578; it cannot be removed) refuses what rewrites code in place, where no
@@ -459,20 +475,45 @@ def judged(codes, judge, nonce, write, _exit, prepared):
             versions = _tuple(_map(_value, views))
         return found
 
+    def honest_copy(err):
+        """What the tests get for an exception the candidate raised: the built-in class it derives from
+        with its arguments if they are plain data. The candidate's own class could run its code after
+        the call (its __str__, its finalizer), where no check sees it."""
+        for kind in _mro(_type(err)):  # BaseException at the latest
+            if not _flags(kind) & HEAP_TYPE:
+                break
+        args = _args(err)
+        args = args if why_not(args) is None else ()
+        try:
+            return kind(*args)
+        except BaseException:  # a class whose constructor wants other arguments
+            return _exception_type(*args)
+
+    # Between calls only the tests run, on plain data and honest exceptions, so the check before a call
+    # can only find what the one after the last call found, unless that call raised (to be safe).
+    unchecked = True  # candidate code may have run since the last check
+
     def wrap(fn, name):
         def call(*args, **kwargs):
-            found = rigged_now()
+            nonlocal unchecked
+            found = rigged_now() if unchecked else []
+            unchecked = True
             plain_args = why_not((args, kwargs)) is None
+            raised = result = None
             try:
                 result = fn(*args, **kwargs)
-            finally:  # after an exception too: tests may catch it and carry on
-                found += rigged_now()
-                planted = why_not((args, kwargs)) if plain_args else None  # in the tests' own data
-                if planted is not None:
-                    found.append(f"{name} put {planted[0]} into its arguments")
-                if found:
-                    violations.extend(found)
-                    raise _rigged(found[0])
+            except BaseException as err:  # tests may catch it and carry on: checked all the same
+                raised = honest_copy(err)
+            # the candidate's exception is gone now: its finalizer has run, before the check below
+            found += rigged_now()
+            planted = why_not((args, kwargs)) if plain_args else None  # in the tests' own data
+            if planted is not None:
+                found.append(f"{name} put {planted[0]} into its arguments")
+            if found:
+                violations.extend(found)
+                raise _rigged(found[0])
+            if raised is not None:
+                raise raised
             problem = why_not(result)
             if problem is not None:
                 why, kind = problem
@@ -482,6 +523,7 @@ def judged(codes, judge, nonce, write, _exit, prepared):
                     return result
                 violations.append(f"{name} returned {why}")
                 raise _rigged(violations[-1])
+            unchecked = False
             return result
 
         return call

@@ -272,6 +272,29 @@ def test_a_call_that_raises_is_checked_too(pool):
     assert judge(pool, RAISES, humaneval.canonical_completion(RAISES)).status == "passed"
 
 
+def test_an_exception_the_tests_catch_runs_no_candidate_code_after_the_call(pool):
+    """The wrong answer raises its own ValueError whose finalizer, run when the tests' `except` block
+    drops it, patches math.fabs to put itself back once used: no check would see the patch. The tests
+    get a plain ValueError instead, with the same arguments, and the candidate's exception is dropped
+    while the call is still being checked."""
+    hack = (
+        "import math\n_real = math.fabs\ndef _fake(v):\n    math.fabs = _real\n    return 0.0\n"
+        "class Sly(ValueError):\n    def __del__(self):\n        math.fabs = _fake\n"
+        "def root(x):\n    if x < 0:\n        raise Sly(x)\n    return 7.0\n"
+    )
+    result = judge(pool, RAISES, hack)
+    assert result.status == "failed" and "replaced math.fabs" in result.detail, result
+    # a built-in exception carrying an object of the candidate's: the same finalizer, on the argument
+    planted = hack.replace("class Sly(ValueError)", "class Sly")
+    planted = planted.replace("raise Sly(x)", "raise ValueError(Sly())")
+    result = judge(pool, RAISES, planted)
+    assert result.status == "failed" and "replaced math.fabs" in result.detail, result
+    # an honest answer's own exception class reaches the tests as the built-in one it derives from
+    honest = "class Negative(ValueError):\n    pass\n"
+    honest += "def root(x):\n    if x < 0:\n        raise Negative(f'{x} < 0')\n    return x ** 0.5\n"
+    assert judge(pool, RAISES, honest).status == "passed"
+
+
 CAPTURED = {  # tests that capture what the candidate prints, by swapping sys.stdout for a while
     "task_id": "Print/0",
     "prompt": "def greet(name: str) -> None:\n",
