@@ -113,7 +113,13 @@ class LocalCluster:
         self.cluster.wait_for_nodes()
 
     def shutdown(self) -> None:
+        import ray
+
         self.cluster.shutdown()
+        # Cluster.shutdown also forgets the key-value store of this process's own Ray (the suite's
+        # local one), which Ray's autoscaler requests go through: hand it back.
+        if ray.is_initialized():
+            ray.experimental.internal_kv._initialize_internal_kv(ray._private.worker.global_worker.gcs_client)
 
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:

@@ -22,7 +22,9 @@ item is done: the marker is written last, so a reader that waits for it never se
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -358,8 +360,11 @@ class _Actors:
 
         wanted = sum(len(pool.todo) for pool in self.pools if pool.grows and len(pool.todo) > pool.target)
         if wanted:
-            request_resources(bundles=[{"CPU": self.cpus}] * wanted)
-            self.asked_autoscaler = True
+            try:
+                request_resources(bundles=[{"CPU": self.cpus}] * wanted)
+                self.asked_autoscaler = True
+            except Exception as err:  # a hint, not a need: the run goes on with the CPUs there are
+                logging.getLogger(__name__).warning("could not ask the autoscaler for CPUs: %s", err)
 
     def close(self) -> None:
         """End every actor, waiting (a while) for its worker's clean-up; withdraw the request for CPUs."""
@@ -376,7 +381,8 @@ class _Actors:
         if self.asked_autoscaler:
             from ray.autoscaler.sdk import request_resources
 
-            request_resources(bundles=[])
+            with contextlib.suppress(Exception):  # the cluster may be gone; nothing is left to ask for
+                request_resources(bundles=[])
 
 
 def _first_line(err: BaseException) -> str:
