@@ -5,13 +5,14 @@ from __future__ import annotations
 import gzip
 import io
 import random
+import re
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from taskray.scan.blob import parse_blob
-from taskray.scan.detect import ARTICLE_JSON_KEYS, article_name_hits, detect
+from taskray.scan.detect import _PYTEST, _REWARD, ARTICLE_JSON_KEYS, article_name_hits, detect
 from taskray.scan.synth import EXPECTED_KIND, make_blob
 
 
@@ -216,3 +217,21 @@ def test_malformed_task_toml_leaves_fields_empty_never_crashes(toml):
 
     table = pa.table(scan_blobs("s", "x", 0, ["p"], [blob]), schema=CATALOG_SCHEMA)
     assert table.num_rows == 1 and table["error"][0].as_py() is None
+
+
+def test_the_literal_first_patterns_match_what_the_plain_ones_do():
+    """The reward-file and pytest patterns are written literal first, for speed; on 200k random scripts
+    made of the pieces that matter (the literals, word and non-word characters, non-ASCII letters and
+    digits) they find a match exactly when the plain patterns they replace do."""
+    plain_reward = re.compile(r"/logs/verifier/reward\.(txt|json)|\breward\.(txt|json)\b")
+    plain_pytest = re.compile(r"\bpytest\b")
+    pieces = ["reward.txt", "reward.json", "/logs/verifier/", "reward", "pytest", "py", "txt", "json"]
+    pieces += ["x", "_", "1", "é", "\u0663", " ", "/", ".", "-", "\n"]
+    rng = random.Random(7)
+    found = 0
+    for _ in range(200_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        assert (_REWARD.search(text) is None) == (plain_reward.search(text) is None), text
+        assert (_PYTEST.search(text) is None) == (plain_pytest.search(text) is None), text
+        found += plain_reward.search(text) is not None
+    assert found > 10_000  # the scripts do exercise the patterns

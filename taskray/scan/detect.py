@@ -69,8 +69,15 @@ KINDS = (
 )
 HARBOR_REQUIRED = frozenset(("instruction.md", "task.toml", "environment/Dockerfile", "tests/test.sh"))
 
-_REWARD = re.compile(r"/logs/verifier/reward\.(txt|json)|\breward\.(txt|json)\b")
-_PYTEST = re.compile(r"\bpytest\b")
+# Both say: the literal, where it stands as a word of its own (or, for the reward file, under Harbor's
+# /logs/verifier/). Written literal first, boundaries after: a pattern that starts with \b makes the
+# regex engine try every position of the script; one that starts with a literal jumps between its
+# occurrences. (Same matches as `\bpytest\b` and `/logs/verifier/reward\.(txt|json)|\breward\.(txt|json)\b`.)
+_REWARD = re.compile(
+    r"reward\.(?:txt|json)(?:(?<=/logs/verifier/reward\.txt)|(?<=/logs/verifier/reward\.json)"
+    r"|(?<!\wreward\.txt)(?<!\wreward\.json)(?!\w))"
+)
+_PYTEST = re.compile(r"pytest(?<!\wpytest)(?!\w)")
 _NAME_WORD = re.compile(
     r"(?:^|[^a-z])(verifier|verify|grader|grade|judge|scorer|score|evaluate|eval)(?:[^a-z]|$)"
 )
