@@ -129,7 +129,7 @@ class SandboxPool:
             pending = still
         return results
 
-    def map(self, jobs: Iterable[tuple], per_frame: int = 8) -> Iterator[Result]:
+    def map(self, jobs: Iterable[tuple], per_frame: int = 16) -> Iterator[Result]:
         """Run (sources, timeout[, judge]) jobs on all containers at once, up to `per_frame` jobs per
         round trip to a container; results in input order."""
         jobs = list(jobs)
