@@ -199,8 +199,9 @@ class _Actors:
     samples), and a Ray Data pool starts its actors in new worker processes beside its own helper
     actors, which costs seconds at the start of every job; plain actors take the workers Ray prestarts.
     Each actor keeps `2 * concurrent_calls` items in hand, so it never waits for the driver. An item whose
-    actor or node died goes back to its pool's queue and a new actor takes the dead one's place; an
-    item that a worker failed on fails the run.
+    actor or node died goes back to its pool's queue, to run alone on an actor next time (the actor may
+    have died of another item in hand), and a new actor takes the dead one's place; an item that a worker
+    failed on, or whose actors died MAX_ATTEMPTS times, fails the run.
     """
 
     def __init__(
@@ -308,11 +309,12 @@ class _Actors:
                 del pool.load[actor]
                 self.alone.discard(actor)
                 ray.kill(actor, no_restart=True)  # its other calls fail too and come back here
-        else:
-            pool.load[actor] -= 1
-            self.alone.discard(actor)
-            yield key, result
-        self._balance(pool)
+            self._balance(pool)
+            return
+        pool.load[actor] -= 1
+        self.alone.discard(actor)
+        self._balance(pool)  # the actor's next item is on its way before the driver records this one
+        yield key, result
 
     def _balance(self, pool: _Pool) -> None:
         """Hand queued items to the pool's actors with room, start actors for what is left (up to the
