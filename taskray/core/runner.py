@@ -118,6 +118,7 @@ def run_items(
         cpus_per_actor,
         concurrent_calls,
     )
+    whole = False
     try:
         for key, result in actors.results():
             receipt = json.dumps({"plan_id": plan_id, "key": key, "result": result}).encode()
@@ -129,6 +130,7 @@ def run_items(
             yield key, result
         for written in writing:
             written.result()  # every receipt is down before the job may write its completion marker
+        whole = True
     except Exception as err:  # an item failed (or kept killing its actors), or storage did
         cause = _root_cause(err)
         if isinstance(cause, BadInput):
@@ -140,7 +142,7 @@ def run_items(
             raise type(cause)(f"{cause}; {resume}") from err
         raise JobFailed(f"an item failed: {type(cause).__name__}: {cause}; {resume}") from err
     finally:
-        actors.close()
+        actors.close(graceful=whole)
         writers.shutdown(wait=True)  # receipts of results already received are kept, even on failure
 
 
@@ -217,10 +219,11 @@ class _Actors:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.items, self.args, self.cpus = items, (worker, worker_args), cpus_per_actor
-        self.per_actor = 2 * concurrent_calls
+        self.concurrent, self.per_actor = concurrent_calls, 2 * concurrent_calls
         self.calls: dict[Any, tuple[_Pool, Any, str]] = {}  # an item's call: its pool, actor and key
         self.starting: dict[Any, tuple[_Pool, Any]] = {}  # an actor's readiness: its pool and actor
         self.ending: list = []  # retired actors' clean-ups
+        self.retired: list = []  # and the actors
         self.attempts: Counter = Counter()  # an item's calls that ended with its actor's death
         self.alone: set = set()  # actors running an item whose actor died before, and nothing else
         self.failed_starts = 0
@@ -311,28 +314,32 @@ class _Actors:
                 ray.kill(actor, no_restart=True)  # its other calls fail too and come back here
             self._balance(pool)
             return
-        pool.load[actor] -= 1
-        self.alone.discard(actor)
+        if actor in pool.load:  # else a late answer of an actor given up on: the result stands all the same
+            pool.load[actor] -= 1
+            self.alone.discard(actor)
         self._balance(pool)  # the actor's next item is on its way before the driver records this one
         yield key, result
 
     def _balance(self, pool: _Pool) -> None:
         """Hand queued items to the pool's actors with room, start actors for what is left (up to the
         pool's target), and let actors with nothing left to do go (their CPUs may serve another pool)."""
-        for actor in sorted(pool.load, key=pool.load.get):
-            while pool.todo and pool.load[actor] < self.per_actor and actor not in self.alone:
-                key = pool.todo[0]
-                if self.attempts[key]:  # its actor died: it runs alone, so a death is its own
-                    if pool.load[actor]:
-                        break
-                    self.alone.add(actor)
-                pool.todo.popleft()
-                self.calls[actor.run.remote(self.items[key])] = (pool, actor, key)
-                pool.load[actor] += 1
-        room = pool.starting * self.per_actor
-        while len(pool.todo) > room and len(pool.load) + pool.starting < pool.target:
+        while pool.todo:  # one item at a time to the least loaded actor: items spread over the actors
+            room = [a for a, load in pool.load.items() if load < self.per_actor and a not in self.alone]
+            if not room:
+                break
+            actor = min(room, key=pool.load.get)
+            if self.attempts[pool.todo[0]]:  # its actor died: it runs alone, so a death is its own
+                if pool.load[actor]:
+                    break
+                self.alone.add(actor)
+            key = pool.todo.popleft()
+            self.calls[actor.run.remote(self.items[key])] = (pool, actor, key)
+            pool.load[actor] += 1
+        # an actor for every item that would not start running at once, up to the pool's target
+        actors = len(pool.load) + pool.starting
+        while len(pool.todo) > pool.starting * self.concurrent and actors < pool.target:
             self._start(pool)
-            room += self.per_actor
+            actors += 1
         if not pool.todo:
             for actor in [a for a, load in pool.load.items() if load == 0]:
                 self._retire(pool, actor)
@@ -340,6 +347,7 @@ class _Actors:
     def _retire(self, pool: _Pool, actor: Any) -> None:
         del pool.load[actor]
         self.ending.append(actor.close.remote())
+        self.retired.append(actor)
         actor.__ray_terminate__.remote()
 
     def _grow(self) -> None:
@@ -351,7 +359,7 @@ class _Actors:
             return  # the free CPUs the cluster reports may be theirs
         free = ray.available_resources().get("CPU", 0)
         for pool in self.pools:
-            while pool.grows and free >= self.cpus and len(pool.todo) > 0:
+            while pool.grows and free >= self.cpus and len(pool.todo) > pool.starting * self.concurrent:
                 pool.target += 1
                 self._start(pool)
                 free -= self.cpus
@@ -368,8 +376,10 @@ class _Actors:
             except Exception as err:  # a hint, not a need: the run goes on with the CPUs there are
                 logging.getLogger(__name__).warning("could not ask the autoscaler for CPUs: %s", err)
 
-    def close(self) -> None:
-        """End every actor, waiting (a while) for its worker's clean-up; withdraw the request for CPUs."""
+    def close(self, graceful: bool = True) -> None:
+        """End every actor: after a whole run, waiting (a while) for its worker's clean-up; after a
+        failure, at once (queued items would hold a graceful close back; a worker's containers are
+        reaped by the next pool). Withdraw the request for CPUs."""
         import ray
 
         for pool in self.pools:
@@ -378,8 +388,10 @@ class _Actors:
         for _, actor in self.starting.values():
             ray.kill(actor, no_restart=True)  # never up, or not yet: it holds no items
         self.starting.clear()
-        if self.ending:
+        if self.ending and graceful:
             ray.wait(self.ending, num_returns=len(self.ending), timeout=ACTOR_EXIT_WAIT)
+        for actor in self.retired:  # whatever has not ended by now is not waited for
+            ray.kill(actor, no_restart=True)
         if self.asked_autoscaler:
             from ray.autoscaler.sdk import request_resources
 
