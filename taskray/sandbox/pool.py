@@ -141,14 +141,21 @@ class SandboxPool:
             yield done[i % frames][i // frames]
 
     def close(self) -> None:
-        """Remove every container of this pool (idempotent)."""
+        """Remove every container of this pool (idempotent), and any a crashed owner left: a pool that
+        lost an actor's node may never start another one, whose start-up clean-up would reap them."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             boxes = list(self._all)
             self._all.clear()
         self._maint.shutdown(wait=True)
         for box in boxes:
             box.destroy()
+        try:
+            gc(self.client)
+        except Exception:  # the daemon going away now leaves nothing of ours running that it could reap
+            pass
 
     def __enter__(self) -> SandboxPool:
         return self
