@@ -154,6 +154,7 @@ PLAIN = (bool, int, float, complex, str, bytes, type(None))
 CONTAINERS = (list, tuple, dict, set, frozenset)
 MISSING = object()
 HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement, not by C
+BASE_EXCEPTION = 1 << 30  # Py_TPFLAGS_BASE_EXC_SUBCLASS: set by C on every exception class
 # Attributes that tests may honestly swap for a while (capturing output): not counted as tampering.
 SWAPPABLE = {"sys": ("stdin", "stdout", "stderr")}
 IMPORTED = re.compile(r"^[ \t]*(?:import|from)[ \t]+([\w.]+)", re.MULTILINE)
@@ -319,6 +320,13 @@ def fingerprint(taken, dicts=()):
     return tuple(taken), modules, views, tuple(v.value for v in views)
 
 
+def exception_classes(taken):
+    """Addresses of the exception classes the snapshotted modules define (statistics.StatisticsError):
+    library code, watched like the rest, that tests may catch by name."""
+    classes = (cls for entry in taken.values() for _, cls, _ in entry[2])
+    return frozenset(object.__hash__(cls) for cls in classes if issubclass(cls, BaseException))
+
+
 def classed_in(taken):
     """Addresses of the snapshotted modules, and of those and the instances they hold (whose class a
     candidate may not replace)."""
@@ -343,7 +351,6 @@ def resolve_types(names):
 def prepare():
     """What every job needs, made once before the first (forking then gives it to each for free) and
     kept out of the module's globals, which the candidate can reach (`import __main__`)."""
-    import _signal
     import builtins
 
     for name in WARM_MODULES:
@@ -358,7 +365,8 @@ def prepare():
         # addresses of what the baseline holds, once: walking it in a job would write to every page
         # it lives on (reference counts), and each write copies the page in the forked child
         "classed": classed_in(baseline),
-        "signals": (catchable, tuple(map(_signal.getsignal, catchable))),  # raw: as the job compares
+        "library_exceptions": exception_classes(baseline),
+        "catchable": catchable,
         "why_not": plain_data_check(()),
         # a copy of the checker the candidate cannot reach (it can rewrite `tampering.__code__`)
         "tampering": types.FunctionType(
@@ -412,16 +420,19 @@ def judged(codes, judge, nonce, write, _exit, prepared):
     _str, _module_type, _getattr = str, types.ModuleType, getattr
     _refusal, _not_here = RuntimeError, ValueError
     taken_modules, classed = prepared["classed"]
+    library = prepared["library_exceptions"]
     if extra:
         more_modules, more_classed = classed_in(extra)
         taken_modules, classed = taken_modules | more_modules, classed | more_classed
+        library = library | exception_classes(extra)
     # Code of the candidate's that could run while the tests do, between the checks: its threads, its
     # signal handlers (a timer's), finalizers of its objects run by the garbage collector and the
     # collector's callbacks could change a list it returned after the check passed it. The collector is
     # off for the job (a job is short; the memory limit stands).
     _threads, _getsignal, _any = _thread._count, _signal.getsignal, any
     _gc_on, _gc_callbacks = gc.isenabled, gc.callbacks
-    catchable, handlers = prepared["signals"]  # the runner's: the job inherits them
+    catchable = prepared["catchable"]
+    handlers = tuple(map(_getsignal, catchable))  # after the tests' imports: one may set a handler
     qualname = type.__dict__["__qualname__"].__get__
     # read as the C getters see them: a metaclass or a subclass can fake the attributes
     _mro, _flags = type.__dict__["__mro__"].__get__, type.__dict__["__flags__"].__get__
@@ -477,11 +488,14 @@ def judged(codes, judge, nonce, write, _exit, prepared):
 
     def honest_copy(err):
         """What the tests get for an exception the candidate raised: the built-in class it derives from
-        with its arguments if they are plain data. The candidate's own class could run its code after
-        the call (its __str__, its finalizer), where no check sees it."""
-        for kind in _mro(_type(err)):  # BaseException at the latest
-            if not _flags(kind) & HEAP_TYPE:
+        (or a watched library's, like statistics.StatisticsError), with its arguments if they are plain
+        data. The candidate's own class could run its code after the call (its __str__, its
+        finalizer), where no check sees it."""
+        for kind in _mro(_type(err)):  # a built-in exception class, or one of a watched library's
+            if _flags(kind) & BASE_EXCEPTION and (not _flags(kind) & HEAP_TYPE or _hash(kind) in library):
                 break
+        else:  # an MRO rewritten by a metaclass
+            kind = _exception_type
         args = _args(err)
         args = args if why_not(args) is None else ()
         try:
@@ -489,21 +503,15 @@ def judged(codes, judge, nonce, write, _exit, prepared):
         except BaseException:  # a class whose constructor wants other arguments
             return _exception_type(*args)
 
-    # Between calls only the tests run, on plain data and honest exceptions, so the check before a call
-    # can only find what the one after the last call found, unless that call raised (to be safe).
-    unchecked = True  # candidate code may have run since the last check
-
     def wrap(fn, name):
         def call(*args, **kwargs):
-            nonlocal unchecked
-            found = rigged_now() if unchecked else []
-            unchecked = True
+            found = rigged_now()
             plain_args = why_not((args, kwargs)) is None
             raised = result = None
             try:
                 result = fn(*args, **kwargs)
             except BaseException as err:  # tests may catch it and carry on: checked all the same
-                raised = honest_copy(err)
+                raised = (honest_copy(err),)
             # the candidate's exception is gone now: its finalizer has run, before the check below
             found += rigged_now()
             planted = why_not((args, kwargs)) if plain_args else None  # in the tests' own data
@@ -513,7 +521,7 @@ def judged(codes, judge, nonce, write, _exit, prepared):
                 violations.extend(found)
                 raise _rigged(found[0])
             if raised is not None:
-                raise raised
+                raise raised[0]
             problem = why_not(result)
             if problem is not None:
                 why, kind = problem
@@ -523,7 +531,6 @@ def judged(codes, judge, nonce, write, _exit, prepared):
                     return result
                 violations.append(f"{name} returned {why}")
                 raise _rigged(violations[-1])
-            unchecked = False
             return result
 
         return call

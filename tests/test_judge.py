@@ -295,6 +295,27 @@ def test_an_exception_the_tests_catch_runs_no_candidate_code_after_the_call(pool
     assert judge(pool, RAISES, honest).status == "passed"
 
 
+STATS = {  # tests that catch a library's own exception class
+    "task_id": "Stats/0",
+    "prompt": "import statistics\n\ndef middle(xs: list) -> float:\n",
+    "canonical_solution": "    return statistics.median(xs)\n",
+    "test": "import statistics\n\ndef check(candidate):\n    assert candidate([3, 1, 2]) == 2\n    try:\n"
+    "        candidate([])\n        raised = False\n    except statistics.StatisticsError:\n"
+    "        raised = True\n    assert raised\n",
+    "entry_point": "middle",
+}
+
+
+def test_a_library_s_exception_class_reaches_the_tests_as_it_is(pool):
+    """statistics.StatisticsError is the library's (watched like the rest): honest answers raising it,
+    or a subclass of their own, pass tests that catch it by name."""
+    assert judge(pool, STATS, humaneval.canonical_completion(STATS)).status == "passed"
+    own = "import statistics\nclass Empty(statistics.StatisticsError):\n    pass\n"
+    own += "def middle(xs):\n    if not xs:\n        raise Empty('no data')\n"
+    own += "    return statistics.median(xs)\n"
+    assert judge(pool, STATS, own).status == "passed"
+
+
 CAPTURED = {  # tests that capture what the candidate prints, by swapping sys.stdout for a while
     "task_id": "Print/0",
     "prompt": "def greet(name: str) -> None:\n",
