@@ -1,12 +1,15 @@
 """The shared runner: its bookkeeping on a local folder (receipts of this plan are finished items,
 receipts of another plan are refused, results that recorded an infrastructure failure are run again), and
 its actors on a real local Ray (an item whose worker process dies runs again; one that keeps killing its
-workers fails the run; a worker that cannot be built fails it with its own error; actors end gracefully)."""
+workers fails the run; a worker that cannot be built fails it with its own error; actors end gracefully),
+and, while a local Ray starts in the background, in the driver itself (then on the actors; an item that
+fails there fails the run as on an actor)."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -150,3 +153,75 @@ def test_an_item_that_keeps_killing_its_workers_fails_the_run_by_name(ray_here, 
 def test_a_worker_that_cannot_be_built_fails_the_run_with_its_own_error(ray_here, tmp_path):
     with pytest.raises(StorageError, match="s3://nowhere: the bucket does not exist; the run failed, 0 of 8"):
         list(run_items(some_items(-1), CannotBeBuilt, Store(str(tmp_path)), "plan"))
+
+
+WHILE_RAY_STARTS = '''
+import json, os, sys, time
+from pathlib import Path
+
+from taskray.core.console import say
+from taskray.core.raycluster import init_ray, ray_starting
+from taskray.core.runner import run_items
+from taskray.core.storage import Store
+
+
+class SlowHere:
+    """Slow in the driver (so Ray comes up while items are left), quick on the actors."""
+
+    def __init__(self, marks: str, driver: int, fail_here: bool):
+        self.marks, self.driver, self.fail_here = Path(marks), driver, fail_here
+
+    def close(self) -> None:
+        (self.marks / f"closed-{os.getpid()}").touch()
+
+    def __call__(self, item: dict) -> dict:
+        if os.getpid() == self.driver:
+            if self.fail_here and item["n"] == 1:
+                raise ValueError("item 1 is bad")
+            time.sleep(0.3)
+        return {"n": item["n"], "pid": os.getpid()}
+
+
+marks, out, fail_here = sys.argv[1], sys.argv[2], sys.argv[3] == "fail"
+init_ray(num_cpus=2, background=True)
+say("test", f"ray starting: {ray_starting()}")  # reaches stderr while Ray's start discards descriptor 2
+items = {f"i{n:03d}": {"n": n} for n in range(100)}
+args = {"marks": marks, "driver": os.getpid(), "fail_here": fail_here}
+got = dict(run_items(items, SlowHere, Store(out), "plan", args))
+print(json.dumps({"driver": os.getpid(), "got": got}))
+'''
+
+
+def run_while_ray_starts(tmp_path: Path, mode: str) -> subprocess.CompletedProcess:
+    (tmp_path / "marks").mkdir()
+    script = tmp_path / "while_ray_starts.py"
+    script.write_text(WHILE_RAY_STARTS)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # the actors import SlowHere from the script
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, str(script), str(tmp_path / "marks"), str(tmp_path / "out"), mode]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_items_run_in_the_driver_while_a_background_ray_starts_then_on_actors(tmp_path):
+    proc = run_while_ray_starts(tmp_path, "ok")
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(proc.stdout.strip().splitlines()[-1])
+    got, driver = run["got"], run["driver"]
+    assert {key: r["n"] for key, r in got.items()} == {f"i{n:03d}": n for n in range(100)}
+    here = [key for key, r in got.items() if r["pid"] == driver]
+    assert here and len(here) < 100  # some ran while Ray started, the rest on its actors
+    assert "i000" in here  # the first item did not wait for Ray
+    assert set(finished_items(Store(str(tmp_path / "out")), "plan")) == set(got)
+    assert (tmp_path / "marks" / f"closed-{driver}").exists()  # the driver's worker was closed
+    # our line got through while Ray started; Ray's own start-up lines did not
+    assert proc.stderr.splitlines() == ["[test] ray starting: True"], proc.stderr
+
+
+def test_an_item_that_fails_in_the_driver_fails_the_run_like_on_an_actor(tmp_path):
+    proc = run_while_ray_starts(tmp_path, "fail")
+    assert proc.returncode == 1
+    assert (
+        "JobFailed: an item failed: ValueError: item 1 is bad; the run failed, 1 of 100 items done"
+        in proc.stderr
+    )
+    assert set(finished_items(Store(str(tmp_path / "out")), "plan")) == {"i000"}  # kept

@@ -13,9 +13,12 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
 from taskray.core.console import verbose
+from taskray.errors import JobFailed
 
 # Settings the driver has that its workers need too (object storage credentials and endpoint, Hub token).
 FORWARDED_ENV = (
@@ -34,14 +37,17 @@ FORWARDED_ENV = (
 )
 
 
-def init_ray(num_cpus: int | None = None) -> None:
+def init_ray(num_cpus: int | None = None, background: bool = False) -> None:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`) or start a local Ray.
 
-    `num_cpus` only applies to a local Ray: it caps parallelism on one machine.
+    `num_cpus` only applies to a local Ray: it caps parallelism on one machine. With `background`, a local
+    Ray starts in a thread of its own and this call returns at once: a local start takes seconds, of
+    which Ray's own processes use about half the CPUs, so the runner runs items in this process until it
+    is up (core/runner.py). `wait_for_ray` waits for it; joining a cluster is quick and never backgrounded.
     """
     import ray
 
-    if ray.is_initialized():
+    if ray.is_initialized() or _background.thread is not None:
         return
     loud = verbose()
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
@@ -51,15 +57,94 @@ def init_ray(num_cpus: int | None = None) -> None:
     if not loud:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    with contextlib.nullcontext() if loud else _stderr_discarded():
-        if os.environ.get("RAY_ADDRESS"):
+    if os.environ.get("RAY_ADDRESS"):
+        with contextlib.nullcontext() if loud else _stderr_discarded():
             ray.init(**kwargs)
-        else:
-            # address="local": always a fresh Ray of our own, never a stray `ray start` left on the machine
-            # (set RAY_ADDRESS=auto to use that one on purpose).
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
-    if not os.environ.get("RAY_ADDRESS"):
-        _reap_when_this_process_dies(ray._private.worker._global_node.get_session_dir_path())
+        return
+    # address="local": always a fresh Ray of our own, never a stray `ray start` left on the machine
+    # (set RAY_ADDRESS=auto to use that one on purpose).
+    kwargs.update(address="local", num_cpus=num_cpus or local_cpus(), include_dashboard=False)
+    if not background:
+        _start_local(kwargs, loud)
+        return
+    _background.cpus = kwargs["num_cpus"]
+    _background.thread = threading.Thread(
+        target=_background.run, args=(kwargs, loud), name="ray-start", daemon=True
+    )
+    _background.thread.start()
+
+
+def local_cpus() -> int:
+    """The CPUs a local Ray gets unless told otherwise (Ray's own count: it reads cgroup quotas)."""
+    try:
+        from ray._private.utils import get_num_cpus
+
+        return max(1, int(get_num_cpus()))
+    except Exception:  # a Ray without that helper: the machine's count
+        return os.cpu_count() or 1
+
+
+def cluster_cpus() -> int:
+    """The cluster's CPUs, without waiting for a local Ray starting in the background (it gets the CPUs
+    init_ray gave it)."""
+    import ray
+
+    if ray_starting():
+        return _background.cpus
+    wait_for_ray()
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
+def ray_starting() -> bool:
+    """True while a local Ray started in the background is not up yet (nor failed)."""
+    return _background.thread is not None and not _background.done.is_set()
+
+
+def wait_for_ray() -> None:
+    """Wait for a local Ray started in the background; if its start failed, JobFailed says why."""
+    if _background.thread is None:
+        return
+    _background.done.wait()
+    if _background.error is not None:
+        raise JobFailed(f"Ray could not start: {_background.error}") from _background.error
+
+
+def ray_start_seconds() -> float | None:
+    """How long the local Ray started in the background took to come up (benchmarks report it)."""
+    return _background.seconds
+
+
+def _start_local(kwargs: dict, loud: bool) -> None:
+    import ray
+
+    with contextlib.nullcontext() if loud else _stderr_discarded():
+        ray.init(**kwargs)
+    _reap_when_this_process_dies(ray._private.worker._global_node.get_session_dir_path())
+
+
+class _background:
+    """The local Ray being started by a thread (init_ray's `background`)."""
+
+    thread: threading.Thread | None = None
+    cpus = 0
+    seconds: float | None = None
+    done = threading.Event()
+    error: BaseException | None = None
+
+    @classmethod
+    def run(cls, kwargs: dict, loud: bool) -> None:
+        if not loud:  # Ray warns that a thread other than the main one cannot set its SIGTERM handler
+            logging.getLogger("ray._private.worker").addFilter(lambda r: "SIGTERM" not in r.getMessage())
+        started = time.monotonic()
+        try:
+            _start_local(kwargs, loud)
+        except BaseException as err:
+            cls.error = err
+        cls.seconds = time.monotonic() - started
+        cls.done.set()
+        # Ray's processes are told to die with the thread that started them (PR_SET_PDEATHSIG): this
+        # thread lives as long as the process does.
+        threading.Event().wait()
 
 
 # A watchdog process, one per local Ray. Twice a second it notes the processes descended from this one
@@ -128,10 +213,19 @@ def _reap_when_this_process_dies(session_dir: str) -> None:
 
 @contextlib.contextmanager
 def _stderr_discarded() -> Iterator[None]:
-    """File descriptor 2 to /dev/null while Ray starts: its C++ core announces its log level there.
-    A failed start still raises, with its message, once stderr is back."""
+    """File descriptor 2 to /dev/null while Ray starts: its C++ core announces its log level there, and
+    Ray's Python loggers (bound to descriptor 2 when Ray was imported) their notices. What this program
+    writes to `sys.stderr` meanwhile (progress, while Ray starts in the background) still reaches the
+    real stderr through a copy of the descriptor. A failed start still raises, with its message."""
     sys.stderr.flush()
     saved = os.dup(2)
+    ours = sys.stderr
+    try:
+        swap = ours.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # already not the descriptor (a test's capture)
+        swap = False
+    if swap:  # left open afterwards: a writer may still hold it
+        sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=ours.encoding, errors=ours.errors)
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
@@ -139,4 +233,6 @@ def _stderr_discarded() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
+        if swap:
+            sys.stderr.flush()
+            sys.stderr = ours

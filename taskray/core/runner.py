@@ -12,6 +12,8 @@ The runner:
   cluster has room (an autoscaling cluster is asked for it); two items queued per actor, so no actor
   waits for the driver. An item whose actor or node died runs again on another actor, so
   infrastructure failures never become results;
+- while a local Ray is still starting in the background (raycluster.init_ray), and until its first actor
+  has an item, runs items in this process with a worker of its own: a local start takes seconds;
 - writes each receipt on the driver as its result arrives (after the item's output: a receipt means
   the output is whole) and yields it, so the job can show progress. Receipts are written by a few
   threads at once: one PUT at a time would cap a cluster at one item per store round trip.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -107,20 +110,28 @@ def run_items(
     """
     if not items:
         return
+    from taskray.core.raycluster import wait_for_ray
+
     finished = 0
     writers = ThreadPoolExecutor(RECEIPT_WRITERS, thread_name_prefix="receipts")
     writing: set[Future] = set()
-    actors = _Actors(
-        items,
-        plan_pools(list(items), placement or {}, actors),
-        worker,
-        worker_args or {},
-        cpus_per_actor,
-        concurrent_calls,
-    )
+    here = _Here(worker, worker_args or {})
+    on_ray: list[_Actors] = []
+
+    def results() -> Iterator[tuple[str, dict]]:
+        left = dict(items)
+        while left and here.running():  # Ray is starting: this process runs items meanwhile
+            key = next(iter(left))
+            yield key, here.run(left.pop(key))
+        wait_for_ray()
+        if left:
+            plan = plan_pools(list(left), placement or {}, actors)
+            on_ray.append(_Actors(left, plan, worker, worker_args or {}, cpus_per_actor, concurrent_calls))
+            yield from on_ray[0].results(here)
+
     whole = False
     try:
-        for key, result in actors.results():
+        for key, result in results():
             receipt = json.dumps({"plan_id": plan_id, "key": key, "result": result}).encode()
             writing.add(writers.submit(store.write_bytes, receipt_name(key), receipt))
             for written in [w for w in writing if w.done()]:
@@ -142,8 +153,44 @@ def run_items(
             raise type(cause)(f"{cause}; {resume}") from err
         raise JobFailed(f"an item failed: {type(cause).__name__}: {cause}; {resume}") from err
     finally:
-        actors.close(graceful=whole)
+        if on_ray:
+            on_ray[0].close(graceful=whole)
+        here.close(wait=True)
         writers.shutdown(wait=True)  # receipts of results already received are kept, even on failure
+
+
+class _Here:
+    """The job's worker in this process, running items while a local Ray starts in the background
+    (raycluster.init_ray) and until the first actor has an item: that start takes seconds in which Ray's
+    own processes leave about half the CPUs idle. Built like in an actor, when first needed; closed once
+    the actors run (in a thread: containers, say, take a moment to go)."""
+
+    def __init__(self, worker: Callable[..., Callable[[dict], dict]], worker_args: dict):
+        from taskray.core.raycluster import ray_starting
+
+        self.worker, self.args = worker, worker_args
+        self.wanted = ray_starting()  # a Ray already up, or a cluster: the actors do everything
+        self.built: Any = None
+        self.closing: threading.Thread | None = None
+
+    def running(self) -> bool:
+        """Whether Ray is still starting (so items are run here)."""
+        from taskray.core.raycluster import ray_starting
+
+        return self.wanted and ray_starting()
+
+    def run(self, item: dict) -> dict:
+        if self.built is None:
+            self.built = self.worker(**self.args)
+        return self.built(item)
+
+    def close(self, wait: bool = False) -> None:
+        self.wanted = False
+        if self.built is not None and self.closing is None and hasattr(self.built, "close"):
+            self.closing = threading.Thread(target=self.built.close, name="close-worker-here")
+            self.closing.start()
+        if wait and self.closing is not None:
+            self.closing.join()
 
 
 def plan_pools(
@@ -246,8 +293,10 @@ class _Actors:
     def _fitting(self, cpus: float) -> int:
         return max(1, int(cpus // max(self.cpus, 1e-9)))
 
-    def results(self) -> Iterator[tuple[str, dict]]:
-        """(key, result) of every item, as each finishes."""
+    def results(self, here: _Here) -> Iterator[tuple[str, dict]]:
+        """(key, result) of every item, as each finishes. Until an actor has an item, `here` (the worker
+        that ran items while Ray started, if any) goes on running them: the actors take a moment to
+        start."""
         import ray
 
         for pool in self.pools:
@@ -255,7 +304,16 @@ class _Actors:
         self._ask_autoscaler()
         looked = time.monotonic()
         while self.calls or any(pool.todo for pool in self.pools):
-            ready, _ = ray.wait([*self.calls, *self.starting], num_returns=1, timeout=LOOK_FOR_ROOM)
+            wait = LOOK_FOR_ROOM
+            if here.wanted and not self.calls:
+                pool = next(pool for pool in self.pools if pool.todo)
+                key = pool.todo.popleft()
+                yield key, here.run(self.items[key])
+                wait = 0  # only a look at the actors starting
+            elif here.wanted:
+                here.close()
+            waiting = [*self.calls, *self.starting]
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=wait) if waiting else ([], [])
             for ref in ready:
                 if ref in self.starting:
                     self._started(ref)

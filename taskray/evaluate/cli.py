@@ -37,9 +37,7 @@ def eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import ray
-
-    from taskray.core.raycluster import init_ray
+    from taskray.core.raycluster import cluster_cpus, init_ray
     from taskray.core.storage import Store
     from taskray.evaluate import humaneval
     from taskray.evaluate.job import (
@@ -68,8 +66,8 @@ def run_eval(args: argparse.Namespace) -> int:
     jobs = make_jobs(problems, samples, args.timeout)
     Store(args.out).check_writable("--out")
     preflight()
-    init_ray(num_cpus=args.num_cpus)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
+    init_ray(num_cpus=args.num_cpus, background=True)  # batches run here until Ray is up
+    cpus = cluster_cpus()
     if args.workers and args.workers > cpus:  # each worker holds a CPU: the rest would wait forever
         raise BadInput(f"--workers {args.workers}: the Ray cluster has {cpus} CPUs, one per worker")
     workers = args.workers or max(1, cpus)
