@@ -47,7 +47,11 @@ def init_ray(num_cpus: int | None = None, background: bool = False) -> None:
     """
     import ray
 
-    if ray.is_initialized() or _background.thread is not None:
+    if _background.thread is not None:  # started in the background already
+        if not background:
+            wait_for_ray()
+        return
+    if ray.is_initialized():
         return
     loud = verbose()
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
@@ -133,8 +137,6 @@ class _background:
 
     @classmethod
     def run(cls, kwargs: dict, loud: bool) -> None:
-        if not loud:  # Ray warns that a thread other than the main one cannot set its SIGTERM handler
-            logging.getLogger("ray._private.worker").addFilter(lambda r: "SIGTERM" not in r.getMessage())
         started = time.monotonic()
         try:
             _start_local(kwargs, loud)
