@@ -2,8 +2,8 @@
 receipts of another plan are refused, results that recorded an infrastructure failure are run again), and
 its actors on a real local Ray (an item whose worker process dies runs again; one that keeps killing its
 workers fails the run; a worker that cannot be built fails it with its own error; actors end gracefully),
-and, while a local Ray starts in the background, in the driver itself (then on the actors; an item that
-fails there fails the run as on an actor)."""
+and, while a local Ray starts in the background, in the driver itself for workers that allow it (then on
+the actors; an item that fails there fails the run as on an actor)."""
 
 from __future__ import annotations
 
@@ -168,6 +168,8 @@ from taskray.core.storage import Store
 class SlowHere:
     """Slow in the driver (so Ray comes up while items are left), quick on the actors."""
 
+    runs_in_driver = True
+
     def __init__(self, marks: str, driver: int, fail_here: bool):
         self.marks, self.driver, self.fail_here = Path(marks), driver, fail_here
 
@@ -182,12 +184,17 @@ class SlowHere:
         return {"n": item["n"], "pid": os.getpid()}
 
 
+class NotHere(SlowHere):
+    runs_in_driver = False
+
+
 marks, out, fail_here = sys.argv[1], sys.argv[2], sys.argv[3] == "fail"
+worker = NotHere if sys.argv[3] == "not-here" else SlowHere
 init_ray(num_cpus=2, background=True)
 say("test", f"ray starting: {ray_starting()}")  # reaches stderr while Ray's start discards descriptor 2
 items = {f"i{n:03d}": {"n": n} for n in range(100)}
 args = {"marks": marks, "driver": os.getpid(), "fail_here": fail_here}
-got = dict(run_items(items, SlowHere, Store(out), "plan", args))
+got = dict(run_items(items, worker, Store(out), "plan", args))
 print(json.dumps({"driver": os.getpid(), "got": got}))
 '''
 
@@ -225,3 +232,11 @@ def test_an_item_that_fails_in_the_driver_fails_the_run_like_on_an_actor(tmp_pat
         in proc.stderr
     )
     assert set(finished_items(Store(str(tmp_path / "out")), "plan")) == {"i000"}  # kept
+
+
+def test_a_worker_that_does_not_allow_it_never_runs_in_the_driver(tmp_path):
+    proc = run_while_ray_starts(tmp_path, "not-here")
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(run["got"]) == 100
+    assert all(r["pid"] != run["driver"] for r in run["got"].values())

@@ -8,9 +8,11 @@ cause, and `-v` (or TASKRAY_VERBOSE=1) shows everything Ray says.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +37,7 @@ FORWARDED_ENV = (
     "TASKRAY_STORAGE_RETRY_SECONDS",
     "TASKRAY_SANDBOX_IMAGE",
 )
+START_WAIT = 120.0  # seconds an exit waits for a background start to finish before leaving it to die
 
 
 def init_ray(num_cpus: int | None = None, background: bool = False) -> None:
@@ -71,6 +74,12 @@ def init_ray(num_cpus: int | None = None, background: bool = False) -> None:
     if not background:
         _start_local(kwargs, loud)
         return
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            # Ray sets this handler only when started from the main thread: a SIGTERM still ends the run
+            # through its clean-up (the driver's containers, Ray's shutdown)
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    atexit.register(_background.stop)
     _background.cpus = kwargs["num_cpus"]
     _background.thread = threading.Thread(
         target=_background.run, args=(kwargs, loud), name="ray-start", daemon=True
@@ -88,13 +97,18 @@ def local_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def cluster_cpus() -> int:
-    """The cluster's CPUs, without waiting for a local Ray starting in the background (it gets the CPUs
-    init_ray gave it)."""
+def cluster_cpus(num_cpus: int | None = None) -> int:
+    """The cluster's CPUs. A local Ray's are known before it starts (`num_cpus`, or what init_ray gave
+    it): a bad request can be refused without waiting for Ray. The cluster in RAY_ADDRESS is joined
+    first."""
     import ray
 
     if ray_starting():
         return _background.cpus
+    if not ray.is_initialized():
+        if not os.environ.get("RAY_ADDRESS"):
+            return num_cpus or local_cpus()
+        init_ray()
     wait_for_ray()
     return int(ray.cluster_resources().get("CPU", 1))
 
@@ -134,6 +148,15 @@ class _background:
     seconds: float | None = None
     done = threading.Event()
     error: BaseException | None = None
+
+    @classmethod
+    def stop(cls) -> None:
+        """At exit: a start cut short would leave Ray's agents running for minutes, so a run that ends
+        while Ray starts (a failed item, say) lets the start finish, then shuts Ray down."""
+        import ray
+
+        if cls.done.wait(START_WAIT):
+            ray.shutdown()
 
     @classmethod
     def run(cls, kwargs: dict, loud: bool) -> None:
@@ -226,8 +249,10 @@ def _stderr_discarded() -> Iterator[None]:
         swap = ours.fileno() == 2
     except (AttributeError, OSError, ValueError):  # already not the descriptor (a test's capture)
         swap = False
+    swapped = None
     if swap:  # left open afterwards: a writer may still hold it
-        sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=ours.encoding, errors=ours.errors)
+        swapped = open(os.dup(saved), "w", buffering=1, encoding=ours.encoding, errors=ours.errors)
+        sys.stderr = swapped
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
@@ -235,6 +260,7 @@ def _stderr_discarded() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-        if swap:
-            sys.stderr.flush()
-            sys.stderr = ours
+        if swapped is not None:
+            swapped.flush()
+            if sys.stderr is swapped:  # not if the program set its own meanwhile
+                sys.stderr = ours

@@ -13,7 +13,8 @@ The runner:
   waits for the driver. An item whose actor or node died runs again on another actor, so
   infrastructure failures never become results;
 - while a local Ray is still starting in the background (raycluster.init_ray), and until its first actor
-  has an item, runs items in this process with a worker of its own: a local start takes seconds;
+  has an item, runs items in this process with a worker of its own, for workers that allow it
+  (`runs_in_driver`: their items cannot crash the process): a local start takes seconds;
 - writes each receipt on the driver as its result arrives (after the item's output: a receipt means
   the output is whole) and yields it, so the job can show progress. Receipts are written by a few
   threads at once: one PUT at a time would cap a cluster at one item per store round trip.
@@ -161,15 +162,18 @@ def run_items(
 
 class _Here:
     """The job's worker in this process, running items while a local Ray starts in the background
-    (raycluster.init_ray) and until the first actor has an item: that start takes seconds in which Ray's
-    own processes leave about half the CPUs idle. Built like in an actor, when first needed; closed once
-    the actors run (in a thread: containers, say, take a moment to go)."""
+    (raycluster.init_ray) and until the first actor has an item, if the worker class sets
+    `runs_in_driver`: that start takes seconds in which Ray's own processes leave about half the CPUs
+    idle. Built like in an actor, when first needed; closed once the actors run (in a thread: containers,
+    say, take a moment to go)."""
 
     def __init__(self, worker: Callable[..., Callable[[dict], dict]], worker_args: dict):
         from taskray.core.raycluster import ray_starting
 
         self.worker, self.args = worker, worker_args
-        self.wanted = ray_starting()  # a Ray already up, or a cluster: the actors do everything
+        # Only a worker that says so runs here: one that parses untrusted data in-process (a scan's blobs)
+        # could crash the driver, where an actor's death would be retried and then named.
+        self.wanted = ray_starting() and getattr(worker, "runs_in_driver", False)
         self.built: Any = None
         self.closing: threading.Thread | None = None
 
@@ -190,7 +194,7 @@ class _Here:
             self.closing = threading.Thread(target=self.built.close, name="close-worker-here")
             self.closing.start()
         if wait and self.closing is not None:
-            self.closing.join()
+            self.closing.join(ACTOR_EXIT_WAIT)  # as long as the actors' clean-up is waited for
 
 
 def plan_pools(

@@ -66,10 +66,10 @@ def run_eval(args: argparse.Namespace) -> int:
     jobs = make_jobs(problems, samples, args.timeout)
     Store(args.out).check_writable("--out")
     preflight()
-    init_ray(num_cpus=args.num_cpus, background=True)  # batches run here until Ray is up
-    cpus = cluster_cpus()
+    cpus = cluster_cpus(args.num_cpus)
     if args.workers and args.workers > cpus:  # each worker holds a CPU: the rest would wait forever
         raise BadInput(f"--workers {args.workers}: the Ray cluster has {cpus} CPUs, one per worker")
+    init_ray(num_cpus=args.num_cpus, background=True)  # batches run here until Ray is up
     workers = args.workers or max(1, cpus)
     limits = ContainerLimits(memory_mb=args.memory_mb)
     say(

@@ -286,8 +286,8 @@ def scan(
         store.delete("summary.json")  # the catalog is about to change: no longer a finished scan
     rows = 0
     if todo:
-        init_ray(num_cpus, background=True)  # pieces are scanned here until Ray is up
-        progress = Progress("scan", len(todo))
+        init_ray(num_cpus)
+        progress = Progress("scan", len(todo))  # rates count scanning, not Ray start-up
         finished, nbytes = 0, 0
         for _, stats in run_items(todo, PieceScanner, store, plan_id, worker_args={"out_url": out}):
             finished += 1
