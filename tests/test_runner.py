@@ -180,7 +180,7 @@ class SlowHere:
         if os.getpid() == self.driver:
             if self.fail_here and item["n"] == 1:
                 raise ValueError("item 1 is bad")
-            time.sleep(0.3)
+            time.sleep(0.6)  # 100 of them outlast even a slow machine's Ray start, twice over
         return {"n": item["n"], "pid": os.getpid()}
 
 
