@@ -41,6 +41,7 @@ import ctypes
 import functools
 import gc
 import json
+import operator
 import os
 import re
 import resource
@@ -282,42 +283,53 @@ def tampering(taken, modules, pristine, missing=MISSING, _vars=vars, _set=set, _
 # object in a forked child writes its reference count, which copies its memory page: most of a job's
 # cost. A dict's version tag (PEP 509) changes with every change to the dict, and reading it touches
 # nothing; so the tags of the watched dicts are compared first, and the attributes only when a tag moved.
-def _tag_viewer():
-    """A function giving a live view of a dict's version tag; None when this interpreter keeps no tag
-    where we look (then every check compares the attributes)."""
-    import ctypes
-
+def _tag_offset():
+    """Where a dict keeps its version tag, checked on a probe; None when this interpreter keeps none
+    there (then every check compares the attributes)."""
     if sys.implementation.name != "cpython":
         return None
     offset = 3 * ctypes.sizeof(ctypes.c_ssize_t)  # after the reference count, the type and the size
-
-    def view(d, _from=ctypes.c_uint64.from_address):
-        return _from(id(d) + offset)
-
     probe = {}
-    tag = view(probe)
+    tag = ctypes.c_uint64.from_address(id(probe) + offset)
     tags = [tag.value]
     for change in (lambda: probe.update(a=1), lambda: probe.update(a=2), lambda: probe.pop("a")):
         change()
         tags.append(tag.value)
-    return view if len(set(tags)) == len(tags) else None
+    return offset if len(set(tags)) == len(tags) else None
 
 
-tag_view = _tag_viewer()
+TAG_OFFSET = _tag_offset()
+
+
+def tag_reader(dicts):
+    """A function returning the version tags of `dicts` now, as a tuple; None without tags. It reads
+    them all in one C call (an item getter over a read-only view of the memory that holds them):
+    a ctypes getter per dict cost more than the rest of a check, around every call of the candidate's
+    functions."""
+    addresses = [id(d) + TAG_OFFSET for d in dicts] if TAG_OFFSET is not None else None
+    if not addresses:
+        return None if addresses is None else tuple
+    low = min(addresses)
+    if any((a - low) % 8 for a in addresses):
+        return None
+    span = (ctypes.c_uint64 * ((max(addresses) - low) // 8 + 1)).from_address(low)
+    words = memoryview(span).cast("B").cast("Q").toreadonly()
+    pick = operator.itemgetter(*[(a - low) // 8 for a in addresses])
+    if len(addresses) == 1:
+        return lambda: (pick(words),)
+    return lambda: pick(words)
 
 
 def fingerprint(taken, dicts=()):
-    """(module names, the modules, views of the version tags of their dicts, their classes' and instances'
-    dicts and `dicts`, the tags now)."""
-    import gc
-
+    """(module names, the modules, a reader of the version tags of their dicts, their classes' and
+    instances' dicts and `dicts`, the tags now)."""
     found = [vars(module) for module, _, _, _ in taken.values()] + list(dicts)
     for _, _, classes, instances in taken.values():
         found += [gc.get_referents(vars(cls))[0] for _, cls, _ in classes]  # the dict under the proxy
         found += [vars(inst) for _, inst, _ in instances]
-    views = tuple(map(tag_view, found)) if tag_view else ()
+    read = tag_reader(found)
     modules = tuple(module for module, _, _, _ in taken.values())
-    return tuple(taken), modules, views, tuple(v.value for v in views)
+    return tuple(taken), modules, read, read() if read else ()
 
 
 def exception_classes(taken):
@@ -372,8 +384,6 @@ def prepare():
         "tampering": types.FunctionType(
             tampering.__code__, {"__builtins__": builtins}, "tampering", tampering.__defaults__
         ),
-        # the tags' reader: the C getter, as c_uint64.value is a class attribute anyone can replace
-        "tag_value": ctypes._SimpleCData.__dict__["value"].__get__,
         # the job's stdin, stdout and stderr: fds 0, 1 and 2 are the host channel here, the job's there
         "streams": (
             open(0, closefd=False),
@@ -406,7 +416,12 @@ def judged(codes, judge, nonce, write, _exit, prepared):
     baseline, pristine = prepared["baseline"], prepared["pristine"]  # tests' builtins: watched too
     extra = snapshot(dict.fromkeys(n for n in imported if n not in baseline and n != "__main__"))
     taken = {**baseline, **extra}
-    names, mods, views, versions = (a + b for a, b in zip(prepared["fingerprint"], fingerprint(extra)))
+    names, mods, read, versions = prepared["fingerprint"]
+    if extra:  # modules only these tests import: watched too, their tags read after the baseline's
+        more_names, more_mods, read_more, more_versions = fingerprint(extra)
+        names, mods, versions = names + more_names, mods + more_mods, versions + more_versions
+        read_baseline = read
+        read = read and read_more and (lambda: read_baseline() + read_more())
     allowed = judge.get("allowed_types")
     why_not = plain_data_check(resolve_types(allowed)) if allowed else prepared["why_not"]
     entry_point = judge["entry_point"]
@@ -415,8 +430,8 @@ def judged(codes, judge, nonce, write, _exit, prepared):
     _isinstance, _callable, _print, _type, _dumps, _zip = isinstance, callable, print, type, json.dumps, zip
     _functions = (types.FunctionType, types.BuiltinFunctionType, functools._lru_cache_wrapper)
     _join, _flush, _flush_err, _print_exc = "; ".join, sys.stdout.flush, sys.stderr.flush, traceback.print_exc
-    _exec, _gettrace, _getprofile, _fast = exec, sys.gettrace, sys.getprofile, tag_view is not None
-    _map, _tuple, _value, _is_not = map, tuple, prepared["tag_value"], operator.is_not
+    _exec, _gettrace, _getprofile, _fast = exec, sys.gettrace, sys.getprofile, read is not None
+    _map, _is_not = map, operator.is_not
     _str, _module_type, _getattr = str, types.ModuleType, getattr
     _refusal, _not_here = RuntimeError, ValueError
     taken_modules, classed = prepared["classed"]
@@ -479,11 +494,11 @@ def judged(codes, judge, nonce, write, _exit, prepared):
         if _any(_map(_is_not, _map(_getsignal, catchable), handlers)):  # by identity: == can be rigged
             found.append("set a signal handler")
         if _fast and not _any(_map(_is_not, _map(_modules.get, names), mods)):
-            if _tuple(_map(_value, views)) == versions:
+            if read() == versions:
                 return found
         found += _tampering(taken, _modules, pristine)
         if not found and _fast:  # a harmless change (an attribute added): the new baseline
-            versions = _tuple(_map(_value, views))
+            versions = read()
         return found
 
     def honest_copy(err):

@@ -403,3 +403,26 @@ def test_a_reference_solution_s_own_types_are_allowed_for_its_problem(pool, ray_
     got = evaluate(make_jobs([MERGE], rows, 10), str(tmp_path), 1, 2, ContainerLimits(), problems=[MERGE])
     assert [r["status"] for r in got] == ["passed", "passed", "failed"], got
     assert "type _X" in got[2]["detail"]
+
+
+def test_the_tag_reader_sees_a_change_to_any_watched_dict_in_its_own_place():
+    """The fast tamper check reads the version tags of every watched dict in one call (runner.py): a
+    change to any of them must show, in that dict's place only, and reading must change nothing."""
+    from taskray.sandbox.context import runner
+
+    dicts = [{"n": n} for n in range(40)] + [dict.fromkeys(range(1000)), {}]
+    read = runner.tag_reader(dicts)
+    assert read is not None  # CPython keeps the tags where the runner looks
+    before = read()
+    assert len(before) == len(dicts) and read() == before
+    for i, d in enumerate(dicts):
+        d["planted"] = i
+        after = read()
+        assert [j for j, (a, b) in enumerate(zip(before, after)) if a != b] == [i]
+        before = after
+    one = {}
+    read_one = runner.tag_reader([one])
+    tag = read_one()
+    one["x"] = 1
+    assert len(tag) == 1 and read_one() != tag
+    assert runner.tag_reader([])() == ()
