@@ -238,6 +238,32 @@ def test_humaneval_evaluate_runs_in_the_sandbox(shared_data):
     assert task._pool is None and pool.containers() == []
 
 
+ALWAYS_EQUAL = "class _X:\n    def __eq__(self, other):\n        return True\n\n"
+CHAIN_MAP = "def merged(a, b):\n    import collections\n    return collections.ChainMap({})\n"
+
+
+def test_humaneval_evaluate_judges_values_as_the_eval_job_does(shared_data):
+    """As a reward, a pass cannot be won with a rigged value (an object whose == is always true); a
+    problem whose reference answer returns a type other than plain data has that type allowed."""
+    task = HumanEval(path=shared_data / "humaneval")
+    ex = find(task, "def has_close_elements(")
+    rigged = ALWAYS_EQUAL + "def has_close_elements(numbers, threshold):\n    return _X()\n"
+    assert task.evaluate(ex, rigged) is False
+    merged = {
+        "task_id": "Merge/0",
+        "messages": [
+            {"role": "user", "content": "def merged(a: dict, b: dict):\n"},
+            {"role": "assistant", "content": CHAIN_MAP.format("a, b")},
+        ],
+        "entry_point": "merged",
+        "test": "def check(candidate):\n    assert candidate({'x': 1}, {'y': 2}) == {'x': 1, 'y': 2}\n",
+    }
+    assert task.evaluate(merged, merged["messages"][1]["content"]) is True
+    assert task.evaluate(merged, CHAIN_MAP.format("b, a")) is True
+    assert task.evaluate(merged, ALWAYS_EQUAL + "def merged(a, b):\n    return _X()\n") is False
+    task.close()
+
+
 # -- SmolTalk (no local copy: a small file in the Hub's schema) ------------------------------------------
 
 

@@ -22,9 +22,8 @@ from taskray.core.console import Progress
 from taskray.core.runner import finished_items, mark_complete, run_items
 from taskray.core.storage import Store
 from taskray.evaluate import humaneval
-from taskray.sandbox.client import STATUSES, ContainerLimits
+from taskray.sandbox.client import RETURNED_TYPE, STATUSES, ContainerLimits
 
-RETURNED_TYPE = "returned an object of type"  # the judge's words for a value that is not plain data
 BATCH = 32  # samples per actor call: big enough to hide the call overhead, small enough to balance load
 CONCURRENT_BATCHES = 2  # per actor: a container freed by a fast job takes the next batch's work
 

@@ -26,6 +26,7 @@ from taskray.sandbox.daemon import (
 
 STATUSES = ("passed", "failed", "timeout", "oom", "error", "infra_error")
 RIGGED = "rigged:"  # a failed verdict's prefix when values or modules were rigged; the detail follows
+RETURNED_TYPE = "returned an object of type"  # the runner's words for a value that is not plain data
 SANDBOX_UID = 10001  # the image's non-root user (sandbox/Dockerfile)
 START_TIMEOUT = 60.0  # a cold container answers in well under a second; a loaded daemon may need more
 GRACE = 3.0  # beyond the job's own timeout, before the host kills the container from outside

@@ -48,9 +48,15 @@ class HumanEval(DatasetTask):
         """Run the completion against the problem's tests in the Docker sandbox. The completion may be
         a chat answer (a ```python block or a whole function) or a continuation of the prompt.
 
+        Judged as the eval job judges (sandbox/runner.py): a pass needs the tests to pass on plain
+        built-in values from an untouched interpreter. As a reward in training this matters most: an
+        object whose == is always true or a patched builtin is what a policy learns to return first.
+        A problem whose reference solution (the conversation's answer) returns another type has that
+        type allowed.
+
         Raises `taskray.sandbox.client.InfraError` when the sandbox itself fails (after retries), so an
         infrastructure problem is never mistaken for a wrong answer."""
-        from taskray.sandbox.client import InfraError
+        from taskray.sandbox.client import RETURNED_TYPE
 
         problem = {
             "task_id": conversation["task_id"],
@@ -58,12 +64,37 @@ class HumanEval(DatasetTask):
             "entry_point": conversation["entry_point"],
             "test": conversation["test"],
         }
-        result = self._sandbox().run(humaneval.program_parts(problem, completion), timeout)
+        sources, judge = humaneval.judged_parts(problem, completion)
+        result = self._run(problem, sources, timeout, judge)
+        if result.status == "failed" and RETURNED_TYPE in result.detail:
+            allowed = self._reference_types(problem, conversation["messages"], timeout)
+            if allowed:
+                result = self._run(problem, sources, timeout, {**judge, "allowed_types": allowed})
+        return result.passed
+
+    def _reference_types(self, problem: dict, messages: list[dict], timeout: float) -> list[str]:
+        """The types other than plain data that the problem's reference solution returns (once per
+        problem): those are honest answers to it."""
+        cache = self.__dict__.setdefault("_allowed", {})
+        if problem["task_id"] not in cache:
+            reference = messages[1]["content"] if len(messages) > 1 else None
+            returns: list[str] = []
+            if reference:
+                sources, judge = humaneval.judged_parts(problem, reference)
+                probe = self._run(problem, sources, timeout, {**judge, "probe": True})
+                returns = (probe.returns or []) if probe.passed else []
+            cache[problem["task_id"]] = returns
+        return cache[problem["task_id"]]
+
+    def _run(self, problem: dict, sources: list[str], timeout: float, judge: dict):
+        from taskray.sandbox.client import InfraError
+
+        result = self._sandbox().run(sources, timeout, judge)
         if result.status == "infra_error":
             raise InfraError(
                 f"{problem['task_id']}: sandbox failed after {result.attempts} attempts: {result.detail}"
             )
-        return result.passed
+        return result
 
     def _sandbox(self):
         if getattr(self, "_pool", None) is None:
