@@ -25,11 +25,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
-
-import pyarrow.fs as pafs
+from typing import TYPE_CHECKING, TypeVar
 
 from taskray.errors import BadInput, StorageError
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 # boto3 switches to multipart above this size; parts are uploaded in parallel and retried one by one.
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -139,6 +140,8 @@ def arrow_filesystem(url: str) -> tuple[pafs.FileSystem, str]:
     Built explicitly (not from_uri) so a custom endpoint and plain-http servers work on every worker:
     the filesystem object pickles with its options and travels with the Ray task.
     """
+    import pyarrow.fs as pafs  # here, not at the top: eval, which only writes small files, never needs it
+
     if is_s3(url):
         import boto3
 
