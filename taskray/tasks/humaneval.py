@@ -27,6 +27,7 @@ class HumanEval(DatasetTask):
             return humaneval.load_problems(f"humaneval:{file}"), [file]  # the eval job's checked loader
 
         self.ds, self.source = load_rows(humaneval.HUB_ID, None, "test", path, read_local, shuffle_seed)
+        self._allowed: dict[str, list[str]] = {}  # by task: types its reference returns (see evaluate)
 
     def get_example(self, index: int) -> dict:
         row = self.ds[index]
@@ -75,7 +76,7 @@ class HumanEval(DatasetTask):
     def _reference_types(self, problem: dict, messages: list[dict], timeout: float) -> list[str]:
         """The types other than plain data that the problem's reference solution returns (once per
         problem): those are honest answers to it."""
-        cache = self.__dict__.setdefault("_allowed", {})
+        cache = self._allowed
         if problem["task_id"] not in cache:
             reference = messages[1]["content"] if len(messages) > 1 else None
             returns: list[str] = []
