@@ -45,7 +45,7 @@ import operator
 import os
 import re
 import resource
-import selectors
+import select
 import shutil
 import signal
 import struct
@@ -618,32 +618,50 @@ class Tail:
         return self.buf.decode("utf-8", "replace")
 
 
-def oom_kills():
-    """The container's OOM-kill counter (cgroup v1 or v2), or None when not readable."""
-    for path in ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"):
+# Around every job the runner reads a few kernel files. It does so with plain system calls on bytes: a
+# forked child shares this process's memory, so every page the runner writes after a fork is copied, and
+# text files, exceptions and selector objects touch many pages for each read.
+def oom_counter():
+    """A descriptor of the container's OOM-kill counter (cgroup v2, else v1), kept open for the runner's
+    life (a job's child closes it with every other descriptor), or None when there is none."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
         try:
-            with open(path) as f:
-                for line in f:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
+            return os.open(path, os.O_RDONLY)
         except OSError:
             continue
     return None
 
 
+def oom_kills(fd):
+    """The OOM-kill count now (the kernel renders the file afresh at each read from its start), or None."""
+    if fd is None:
+        return None
+    try:
+        text = os.pread(fd, 4096, 0)
+    except OSError:
+        return None
+    for line in text.split(b"\n"):
+        key, _, value = line.partition(b" ")
+        if key == b"oom_kill":
+            return int(value)
+    return None
+
+
 def processes():
     """{pid: pgid} of every live (non-zombie) process here except this runner."""
-    found = {}
+    found, me = {}, str(os.getpid())
     for name in os.listdir("/proc"):
-        if not name.isdigit() or name == str(os.getpid()):
+        if not name.isdigit() or name == me:
             continue
         try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            fd = os.open(f"/proc/{name}/stat", os.O_RDONLY)
+            try:
+                fields = os.read(fd, 4096).rsplit(b")", 1)[1].split()
+            finally:
+                os.close(fd)
         except OSError:
             continue
-        if fields[0] != "Z":
+        if fields and fields[0] != b"Z":
             found[int(name)] = int(fields[2])
     return found
 
@@ -672,6 +690,8 @@ def kill_all(pgid):
             break
         time.sleep(0.002)
     strays = sorted(p for p, g in left.items() if g != pgid)
+    if not left:  # nothing but this runner is alive, so nothing can fork any more
+        return strays
     for _ in range(100):  # a fork bomb may still be forking: repeat until the namespace is empty
         if not processes():
             break
@@ -692,6 +712,12 @@ def leftover_files():
 
 
 def remove_job_dir():
+    try:  # mostly empty: one system call
+        os.rmdir(JOB_DIR)
+        return
+    except OSError:
+        pass
+
     def make_writable(func, path, _exc):  # the candidate may have chmod'ed things away
         try:
             os.chmod(os.path.dirname(path), 0o700)
@@ -757,7 +783,7 @@ def run_job(job, prepared):
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     ver_r, ver_w = os.pipe()
-    oom_before = oom_kills()
+    oom_before = oom_kills(prepared["oom_counter"])
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
@@ -768,12 +794,13 @@ def run_job(job, prepared):
     for fd in (out_w, err_w, ver_w):
         os.close(fd)
     out, err, verdict = Tail(cap), Tail(cap), Tail(4096)  # room for a rigged verdict's words
-    sel = selectors.DefaultSelector()
-    for fd, tail in ((out_r, out), (err_r, err), (ver_r, verdict)):
-        sel.register(fd, selectors.EVENT_READ, tail)
+    tails = {out_r: out, err_r: err, ver_r: verdict}
+    poller = select.poll()
+    for fd in tails:
+        poller.register(fd, select.POLLIN)
     try:  # a pidfd becomes readable when the child exits; without one we poll
         pidfd = os.pidfd_open(pid)
-        sel.register(pidfd, selectors.EVENT_READ, None)
+        poller.register(pidfd, select.POLLIN)
     except (AttributeError, OSError):
         pidfd = None
     timed_out, status, usage = False, None, None
@@ -784,26 +811,25 @@ def run_job(job, prepared):
             os.kill(pid, signal.SIGKILL)  # the group may not exist yet if the child never ran setsid
             _, status, usage = os.wait4(pid, 0)
             break
-        for key, _ in sel.select(min(left, 0.01) if pidfd is None else left):
-            if key.data is None:
+        for fd, _ in poller.poll(int(1000 * (min(left, 0.01) if pidfd is None else left)) + 1):
+            if fd == pidfd:
                 continue
-            chunk = os.read(key.fd, 1 << 16)
+            chunk = os.read(fd, 1 << 16)
             if chunk:
-                key.data.add(chunk)
+                tails[fd].add(chunk)
             else:
-                sel.unregister(key.fd)
+                poller.unregister(fd)
         done, st, ru = os.wait4(pid, os.WNOHANG)
         if done:
             status, usage = st, ru
     wall = time.monotonic() - start
     strays = kill_all(pid)
-    sel.close()
-    for fd, tail in ((out_r, out), (err_r, err), (ver_r, verdict)):
+    for fd, tail in tails.items():
         drain(fd, tail)
         os.close(fd)
     if pidfd is not None:
         os.close(pidfd)
-    oom_after = oom_kills()
+    oom_after = oom_kills(prepared["oom_counter"])
     remove_job_dir()
     tainted = []
     if strays:
@@ -833,13 +859,15 @@ def run_job(job, prepared):
 def main():
     ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # closes /proc/1/{fd,mem,environ} to the jobs
     prepared = prepare()
+    prepared["oom_counter"] = oom_counter()
     os.environ.clear()  # the jobs' environment, set here once: they inherit it
     os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=JOB_DIR, TMPDIR=JOB_DIR, LANG="C.UTF-8")
     # Move everything loaded so far out of the collector's sight: a collection in a forked child would
     # otherwise touch every object and copy every page (copy-on-write): milliseconds per job.
     gc.collect()
     gc.freeze()
-    write_frame({"ready": True, "python": sys.version.split()[0], "pid": os.getpid(), "oom": oom_kills()})
+    oom = oom_kills(prepared["oom_counter"])
+    write_frame({"ready": True, "python": sys.version.split()[0], "pid": os.getpid(), "oom": oom})
     while (frame := read_frame()) is not None:
         jobs = frame if isinstance(frame, list) else [frame]  # a batch: one round trip for them all
         for i, job in enumerate(jobs):
