@@ -109,7 +109,6 @@ def child(job, out_w, err_w, verdict_w, prepared):
         os.dup2(src, dst)
     # Bounded by the fd limit: without close_range (seccomp) closerange is one syscall per number.
     os.closerange(VERDICT_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     os.chdir(JOB_DIR)
     sys.stdin, sys.stdout, sys.stderr = prepared["streams"]  # on fds 0, 1 and 2, which are the job's now
     nonce, write, _exit = job["nonce"].encode(), os.write, os._exit  # bound before candidate code runs
@@ -676,8 +675,16 @@ def reap():
             return
 
 
+def others():
+    """Whether any process but this runner is here, alive or dead and not yet reaped."""
+    me = str(os.getpid())
+    return any(name.isdigit() and name != me for name in os.listdir("/proc"))
+
+
 def kill_all(pgid):
     """SIGKILL the job's group, then anything else. Returns the pids that had escaped the group."""
+    if not others():  # most jobs: their process is reaped already and started no other
+        return []
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
@@ -860,6 +867,7 @@ def main():
     ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # closes /proc/1/{fd,mem,environ} to the jobs
     prepared = prepare()
     prepared["oom_counter"] = oom_counter()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core files: the jobs inherit it and cannot raise it
     os.environ.clear()  # the jobs' environment, set here once: they inherit it
     os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=JOB_DIR, TMPDIR=JOB_DIR, LANG="C.UTF-8")
     # Move everything loaded so far out of the collector's sight: a collection in a forked child would
