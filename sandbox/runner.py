@@ -387,6 +387,7 @@ def prepare():
             tampering.__code__, {"__builtins__": builtins}, "tampering", tampering.__defaults__
         ),
         # the job's stdin, stdout and stderr: fds 0, 1 and 2 are the host channel here, the job's there
+        "oom_counter": oom_counter(),
         "streams": (
             open(0, closefd=False),
             open(1, "w", buffering=1, closefd=False),
@@ -866,7 +867,6 @@ def run_job(job, prepared):
 def main():
     ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # closes /proc/1/{fd,mem,environ} to the jobs
     prepared = prepare()
-    prepared["oom_counter"] = oom_counter()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core files: the jobs inherit it and cannot raise it
     os.environ.clear()  # the jobs' environment, set here once: they inherit it
     os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=JOB_DIR, TMPDIR=JOB_DIR, LANG="C.UTF-8")

@@ -158,6 +158,13 @@ def judged_parts(problem: dict, completion: str, allowed_types: list[str] = ()) 
     return [candidate, problem["test"]], judge
 
 
+def probe_parts(problem: dict, reference: str) -> tuple[list[str], dict]:
+    """The reference solution's job, judged as a probe: it fails nothing and reports the types other
+    than plain data it returned (those are honest answers to its problem)."""
+    sources, judge = judged_parts(problem, reference)
+    return sources, {**judge, "probe": True}
+
+
 def build_program(problem: dict, completion: str) -> str:
     """The whole program as one text (what a reader or another harness would run)."""
     return "\n\n".join(program_parts(problem, completion))

@@ -94,8 +94,8 @@ def rejudge_items(problems: list[dict], jobs: list[dict], rows: list[dict]) -> d
     items = {}
     for task_id, task_jobs in by_task.items():
         problem = by_id[task_id]
-        sources, judge = humaneval.judged_parts(problem, humaneval.canonical_completion(problem))
-        probe = {"sources": sources, "timeout": task_jobs[0]["timeout"], "judge": {**judge, "probe": True}}
+        sources, judge = humaneval.probe_parts(problem, humaneval.canonical_completion(problem))
+        probe = {"sources": sources, "timeout": task_jobs[0]["timeout"], "judge": judge}
         # named by its samples too: a resumed run whose retried batches failed other samples for their
         # types judges those again rather than taking an earlier rejudgement of other samples for them
         samples = hashlib.sha256(json.dumps([j["sample"] for j in task_jobs]).encode()).hexdigest()[:12]

@@ -66,28 +66,26 @@ class HumanEval(DatasetTask):
             "test": conversation["test"],
         }
         sources, judge = humaneval.judged_parts(problem, completion)
-        result = self._run(problem, sources, timeout, judge)
+        result = self._run(problem, sources, judge, timeout)
         if result.status == "failed" and RETURNED_TYPE in result.detail:
             allowed = self._reference_types(problem, conversation["messages"], timeout)
             if allowed:
-                result = self._run(problem, sources, timeout, {**judge, "allowed_types": allowed})
+                result = self._run(problem, sources, {**judge, "allowed_types": allowed}, timeout)
         return result.passed
 
     def _reference_types(self, problem: dict, messages: list[dict], timeout: float) -> list[str]:
         """The types other than plain data that the problem's reference solution returns (once per
         problem): those are honest answers to it."""
-        cache = self._allowed
-        if problem["task_id"] not in cache:
+        if problem["task_id"] not in self._allowed:
             reference = messages[1]["content"] if len(messages) > 1 else None
             returns: list[str] = []
             if reference:
-                sources, judge = humaneval.judged_parts(problem, reference)
-                probe = self._run(problem, sources, timeout, {**judge, "probe": True})
+                probe = self._run(problem, *humaneval.probe_parts(problem, reference), timeout)
                 returns = (probe.returns or []) if probe.passed else []
-            cache[problem["task_id"]] = returns
-        return cache[problem["task_id"]]
+            self._allowed[problem["task_id"]] = returns
+        return self._allowed[problem["task_id"]]
 
-    def _run(self, problem: dict, sources: list[str], timeout: float, judge: dict):
+    def _run(self, problem: dict, sources: list[str], judge: dict, timeout: float):
         from taskray.sandbox.client import InfraError
 
         result = self._sandbox().run(sources, timeout, judge)
