@@ -116,6 +116,53 @@ def test_gzip_bomb_is_an_error_row_with_bounded_memory():
     assert peak < 4 * limits.max_raw_bytes  # never near the 200 MiB the bomb holds
 
 
+def _gunzipped(stream: bytes, limits: BlobLimits = blob_module.DEFAULT_LIMITS) -> bytes | str:
+    try:
+        return blob_module._gunzip(stream, limits)
+    except blob_module.BlobError as e:
+        return f"error: {e}"
+
+
+@pytest.mark.parametrize("c_module", [True, False])
+def test_whole_buffer_gunzip_reads_what_the_streaming_one_reads(monkeypatch, c_module):
+    """libdeflate's one-call path gives the bytes, or the error, that zlib-ng's streaming path gives for
+    every shape of gzip stream: what it cannot take whole, it leaves to the streaming path."""
+    if not c_module:
+        monkeypatch.setattr(blob_module, "_tarwalk", None)  # the magic is looked for in Python
+    tar, jsonl = gzip.compress(make_tar(FILES)), gzip.compress(b'{"a": 1}\n{"a": 2}\n')
+    named = io.BytesIO()
+    with gzip.GzipFile("task.tar", "wb", fileobj=named, mtime=0) as f:  # FNAME in the header
+        f.write(make_tar(FILES))
+    with_header_crc = bytearray(tar)
+    with_header_crc[3] |= 0x02  # FHCRC, its two bytes after the header
+    with_header_crc[10:10] = (gzip.zlib.crc32(bytes(tar[:10])) & 0xFFFF).to_bytes(2, "little")
+    size = int.from_bytes(tar[-4:], "little")
+    streams = {
+        "one member": tar,
+        "two members": tar + jsonl,
+        "the same member twice": jsonl + jsonl,
+        "trailing garbage": tar + b"garbage",
+        "trailing zeros": tar + bytes(64),
+        "trailing gzip magic": tar + b"\x1f\x8b" + bytes(8),
+        "a file name": named.getvalue(),
+        "a header CRC": bytes(with_header_crc),
+        "ISIZE too small": tar[:-4] + (size - 1).to_bytes(4, "little"),
+        "ISIZE too large": tar[:-4] + (size + 1).to_bytes(4, "little"),
+        "ISIZE zero": tar[:-4] + bytes(4),
+        "CRC wrong": tar[:-8] + bytes(4) + tar[-4:],
+        "nothing inside": gzip.compress(b""),
+        "truncated": tar[:-3],
+        "corrupt": tar[:20] + bytes(40) + tar[60:],
+    }
+    whole = {name: _gunzipped(stream) for name, stream in streams.items()}
+    assert blob_module._gunzip_whole(tar, blob_module.DEFAULT_LIMITS) is not None  # the path under test
+    small = BlobLimits(max_raw_bytes=size - 1)
+    bomb = _gunzipped(tar, small)
+    monkeypatch.setattr(blob_module, "_gunzip_whole", lambda data, limits: None)
+    assert whole == {name: _gunzipped(stream) for name, stream in streams.items()}
+    assert bomb == _gunzipped(tar, small) and "limit" in bomb
+
+
 def test_zip_bomb_by_declared_size_and_by_member_count():
     limits = BlobLimits(max_raw_bytes=4 * 1024 * 1024, max_members=100)
     buf = io.BytesIO()
@@ -336,6 +383,8 @@ def test_the_c_walker_gives_exactly_what_the_python_walker_gives(monkeypatch):
     c_walker, walked_in_c = blob_module._tarwalk, []
 
     class CountingWalker:  # the real C walker, noting each blob it took on itself
+        find_gzip_magic = staticmethod(c_walker.find_gzip_magic)
+
         @staticmethod
         def walk(*args):
             plain = c_walker.walk(*args)
