@@ -90,6 +90,28 @@ def test_task_toml_fields():
     assert (det.cpus, det.memory_mb, det.allow_internet, det.docker_image) == (2.0, 4096, False, "img:1")
 
 
+def test_task_toml_and_test_sh_are_remembered_by_their_bytes_never_by_their_name():
+    """task.toml and tests/test.sh are read once per content: tasks with other contents, interleaved,
+    each get their own fields and signals, as often as they come."""
+    reward_only = {**HARBOR_BASE, "tests/test.sh": "echo 1 > /logs/verifier/reward.txt\n"}
+    pytest_only = {
+        **HARBOR_BASE,
+        "task.toml": "[verifier]\ntimeout_sec = 5.0\n[environment]\nmemory_mb = 512\n",
+        "tests/test.sh": "pytest /tests/test_outputs.py\n",  # runs pytest, writes no reward file
+        "tests/test_outputs.py": "def test_x(): pass\n",
+    }
+    broken = {**reward_only, "task.toml": "[verifier\n"}
+    for _ in range(3):
+        a, b, c = (detect(parse_blob(tar_of(files))) for files in (reward_only, pytest_only, broken))
+        assert (a.verifier_timeout_sec, a.memory_mb, a.verifier_kind) == (60.0, 4096, "harbor_tests")
+        assert (b.verifier_timeout_sec, b.memory_mb, b.verifier_kind) == (5.0, 512, "pytest")
+        assert (
+            "tests/test.sh:runs-pytest" in b.verifier_signals
+            and "tests/test.sh:no-reward" in b.verifier_signals
+        )
+        assert "task.toml:unparseable" in c.verifier_signals and c.verifier_timeout_sec is None
+
+
 def test_legacy_task_yaml_timeouts_are_the_top_level_keys_only():
     task_yaml = (
         "descriptions:\n  - key: base\n    description: |-\n      max_test_timeout_sec: 999\n"

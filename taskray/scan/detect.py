@@ -12,6 +12,7 @@ counts only for code or config that sits where a verifier would (root or tests/)
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
@@ -67,6 +68,7 @@ KINDS = (
     "json_tests",
     "none",
 )
+_KIND_RANK = {kind: rank for rank, kind in enumerate(KINDS)}
 HARBOR_REQUIRED = frozenset(("instruction.md", "task.toml", "environment/Dockerfile", "tests/test.sh"))
 
 # Both say: the literal, where it stands as a word of its own (or, for the reward file, under Harbor's
@@ -124,11 +126,16 @@ def _table(cfg: dict, name: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)I?B?")  # "2G", "512 MB", "1.5GiB"
+
+
 def _memory_mb(env: dict) -> int | None:
     if "memory_mb" in env:
         mb = _float(env["memory_mb"])
+    elif "memory" not in env:
+        return None
     else:
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)I?B?", str(env.get("memory", "")).strip().upper())
+        m = _MEMORY.fullmatch(str(env["memory"]).strip().upper())
         mb = (
             float(m.group(1)) * {"": 1 / 2**20, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}[m.group(2)]
             if m
@@ -137,24 +144,47 @@ def _memory_mb(env: dict) -> int | None:
     return int(mb) if mb is not None and 0 <= mb < 2**53 else None  # the catalog column is int64
 
 
+TaskConfig = tuple[float | None, float | None, float | None, int | None, bool | None, str | None]
+
+
+@functools.lru_cache(maxsize=1024)
+def _task_config(raw: bytes) -> TaskConfig | None:
+    """(verifier timeout, agent timeout, cpus, memory MB, allow_internet, docker_image) from task.toml's
+    bytes; None when it does not parse. Remembered by content: a source's tasks often share one task.toml
+    (an adapter writes them from a template), and parsing it costs about a tenth of a task's CPU even with
+    rtoml (Rust; 9x faster than tomllib). A task.toml seen only once costs a dictionary lookup more."""
+    try:
+        cfg = rtoml.loads(raw.decode("utf-8", errors="replace"))
+    except ValueError:
+        return None
+    # Task files are untrusted input: a field of the wrong type is left empty, never a crash.
+    env = _table(cfg, "environment")
+    allow_internet, docker_image = env.get("allow_internet"), env.get("docker_image")
+    return (
+        _float(_table(cfg, "verifier").get("timeout_sec")),
+        _float(_table(cfg, "agent").get("timeout_sec")),
+        _float(env.get("cpus")),
+        _memory_mb(env),
+        allow_internet if isinstance(allow_internet, bool) else None,
+        docker_image if isinstance(docker_image, str) else None,
+    )
+
+
 def _read_task_config(parsed: ParsedBlob, det: Detection) -> None:
-    toml_text = parsed.text("task.toml")
-    if toml_text is not None:
-        try:
-            # rtoml (Rust) rather than tomllib: parsing task.toml was a third of the scan's CPU time
-            cfg = rtoml.loads(toml_text)
-        except ValueError:
+    raw = parsed.files.get("task.toml")
+    if raw is not None:
+        config = _task_config(raw)
+        if config is None:
             det.verifier_signals.append("task.toml:unparseable")
             return
-        # Task files are untrusted input: a field of the wrong type is left empty, never a crash.
-        env = _table(cfg, "environment")
-        det.verifier_timeout_sec = _float(_table(cfg, "verifier").get("timeout_sec"))
-        det.agent_timeout_sec = _float(_table(cfg, "agent").get("timeout_sec"))
-        det.cpus = _float(env.get("cpus"))
-        det.memory_mb = _memory_mb(env)
-        allow_internet, docker_image = env.get("allow_internet"), env.get("docker_image")
-        det.allow_internet = allow_internet if isinstance(allow_internet, bool) else None
-        det.docker_image = docker_image if isinstance(docker_image, str) else None
+        (
+            det.verifier_timeout_sec,
+            det.agent_timeout_sec,
+            det.cpus,
+            det.memory_mb,
+            det.allow_internet,
+            det.docker_image,
+        ) = config
         return
     yaml_text = parsed.text("task.yaml")
     if yaml_text is not None:  # older Terminal-Bench layout
@@ -190,19 +220,30 @@ def _json_keys(obj: Any, signals: list[str], where: str) -> set[str]:
     return found
 
 
+@functools.lru_cache(maxsize=1024)
+def _test_script(raw: bytes) -> tuple[bool, bool, bool]:
+    """Whether tests/test.sh writes the reward file, runs pytest, names expected_output. Remembered by
+    content, like task.toml: a source's tasks often share one test script."""
+    text = raw.decode("utf-8", errors="replace")
+    # Real test scripts run to kilobytes: a plain substring test (fast) comes before each regex, which
+    # then only confirms the word boundaries where the substring is there at all.
+    return (
+        "reward." in text and _REWARD.search(text) is not None,
+        "pytest" in text and _PYTEST.search(text) is not None,
+        "expected_output" in text,
+    )
+
+
 def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
     names = parsed.members
     sig = det.verifier_signals
     kinds: set[str] = set()
 
-    # Real test scripts run to kilobytes: a plain substring test (fast) comes before each regex, which
-    # then only confirms the word boundaries where the substring is there at all.
-    test_sh = parsed.text("tests/test.sh")
-    runner = test_sh or ""
-    runs_pytest = "pytest" in runner and _PYTEST.search(runner) is not None
+    test_sh = parsed.files.get("tests/test.sh")
+    writes_reward, runs_pytest, names_expected_output = _test_script(test_sh or b"")
     if test_sh is not None:
         sig.append("tests/test.sh:present")
-        if "reward." in test_sh and _REWARD.search(test_sh):
+        if writes_reward:
             sig.append("tests/test.sh:writes-reward")
             kinds.add("harbor_tests")
         else:
@@ -210,9 +251,9 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
         if runs_pytest:
             sig.append("tests/test.sh:runs-pytest")
 
-    # Most tasks have no article-name hit at all, so one search over all names spares a search per name.
+    # Most tasks have no article-name hit at all, so one look over all names spares a search per name.
     all_names = "\n".join(names).lower()
-    name_hits = article_name_hits(names) if _ARTICLE_NAME.search(all_names) else []
+    name_hits = article_name_hits(names) if any(t in all_names for t in ARTICLE_NAME_TOKENS) else []
     # One loop over the member names collects what the rules below look at.
     py_tests, expected, tomls, json_members = [], [], [], []
     has_tests_dir = has_solution = False
@@ -236,7 +277,7 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
         sig.extend(f"{n}:pytest" for n in py_tests)
         kinds.add("pytest")
 
-    if expected and ("expected_output" in runner or "harbor_tests" in kinds):
+    if expected and (names_expected_output or "harbor_tests" in kinds):
         sig.extend(f"{n}:expected-output" for n in expected)
         kinds.add("expected_output")
 
@@ -304,7 +345,7 @@ def _detect_archive(parsed: ParsedBlob, det: Detection) -> None:
 
     det.harbor_complete = names.keys() >= HARBOR_REQUIRED
     det.has_oracle = has_solution
-    det.verifier_kind = min(kinds, key=KINDS.index) if kinds else "none"
+    det.verifier_kind = min(kinds, key=_KIND_RANK.__getitem__) if kinds else "none"
     det.article_verified = bool(name_hits) or article_json
     _read_task_config(parsed, det)
 

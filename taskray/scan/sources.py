@@ -107,8 +107,13 @@ def iter_task_batches(
     fs, path = arrow_filesystem(url)
     try:
         with fs.open_input_file(path) as f:
+            # use_threads=False: a reader is one CPU's worth of work (one actor per CPU), and decoding on
+            # pyarrow's thread pool as well only adds threads that compete for the same cores
             batches = pq.ParquetFile(f).iter_batches(
-                batch_size=batch_rows, row_groups=row_groups, columns=["path", "task_binary"]
+                batch_size=batch_rows,
+                row_groups=row_groups,
+                columns=["path", "task_binary"],
+                use_threads=False,
             )
             for batch in batches:
                 yield batch.column(0).to_pylist(), batch.column(1).to_pylist()
