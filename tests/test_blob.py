@@ -135,7 +135,7 @@ def test_whole_buffer_gunzip_reads_what_the_streaming_one_reads(monkeypatch, c_m
         f.write(make_tar(FILES))
     with_header_crc = bytearray(tar)
     with_header_crc[3] |= 0x02  # FHCRC, its two bytes after the header
-    with_header_crc[10:10] = (gzip.zlib.crc32(bytes(tar[:10])) & 0xFFFF).to_bytes(2, "little")
+    with_header_crc[10:10] = (gzip.zlib.crc32(bytes(with_header_crc[:10])) & 0xFFFF).to_bytes(2, "little")
     size = int.from_bytes(tar[-4:], "little")
     streams = {
         "one member": tar,
@@ -155,7 +155,8 @@ def test_whole_buffer_gunzip_reads_what_the_streaming_one_reads(monkeypatch, c_m
         "corrupt": tar[:20] + bytes(40) + tar[60:],
     }
     whole = {name: _gunzipped(stream) for name, stream in streams.items()}
-    assert blob_module._gunzip_whole(tar, blob_module.DEFAULT_LIMITS) is not None  # the path under test
+    for usual in (tar, named.getvalue()):  # the path under test takes the usual blobs
+        assert blob_module._gunzip_whole(usual, blob_module.DEFAULT_LIMITS) is not None
     small = BlobLimits(max_raw_bytes=size - 1)
     bomb = _gunzipped(tar, small)
     monkeypatch.setattr(blob_module, "_gunzip_whole", lambda data, limits: None)
