@@ -153,12 +153,13 @@ def _gunzip_whole(data: bytes, limits: BlobLimits) -> bytes | None:
     follow one (a gzip magic right after 4 bytes equal to the blob's last 4: a first member ending there
     would have the very ISIZE checked against), the streaming path reads the blob instead. So do headers
     with fields the two may check differently (FHCRC, FEXTRA)."""
-    size = int.from_bytes(data[-4:], "little")
+    isize = data[-4:]
+    size = int.from_bytes(isize, "little")
     if not 0 < size <= limits.max_raw_bytes or data[2:4] not in (b"\x08\x00", b"\x08\x08"):
         return None
     at = _find_gzip_magic(data, 10)  # in compressed bytes, 2-byte magics turn up by chance
     while at != -1:
-        if data[at - 4 : at] == data[-4:]:  # the first member may end here and another start
+        if data[at - 4 : at] == isize:  # the first member may end here and another start
             return None
         at = _find_gzip_magic(data, at + 1)
     try:
