@@ -2,8 +2,9 @@
 receipts of another plan are refused, results that recorded an infrastructure failure are run again), and
 its actors on a real local Ray (an item whose worker process dies runs again; one that keeps killing its
 workers fails the run; a worker that cannot be built fails it with its own error; actors end gracefully),
-and, while a local Ray starts in the background, in the driver itself for workers that allow it (then on
-the actors; an item that fails there fails the run as on an actor)."""
+and, while a local Ray starts in the background, in the driver itself or a child process of it for workers
+that ask for it (then on the actors; an item that fails there fails the run as on an actor, one whose child
+crashed runs again on an actor)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from taskray.core.early import InChild, Lost
 from taskray.core.runner import (
     MAX_ATTEMPTS,
     finished_items,
@@ -155,66 +157,91 @@ def test_a_worker_that_cannot_be_built_fails_the_run_with_its_own_error(ray_here
         list(run_items(some_items(-1), CannotBeBuilt, Store(str(tmp_path)), "plan"))
 
 
-WHILE_RAY_STARTS = '''
-import json, os, sys, time
+EARLY_WORKERS = '''
+import ctypes
+import os
+import time
 from pathlib import Path
-
-from taskray.core.console import say
-from taskray.core.raycluster import init_ray, ray_starting
-from taskray.core.runner import run_items
-from taskray.core.storage import Store
 
 
 class SlowHere:
-    """Slow in the driver (so Ray comes up while items are left), quick on the actors."""
+    """Slow outside the actors (so Ray comes up while items are left), quick on them."""
 
-    runs_in_driver = True
+    while_ray_starts = "driver"
 
-    def __init__(self, marks: str, driver: int, fail_here: bool):
-        self.marks, self.driver, self.fail_here = Path(marks), driver, fail_here
+    def __init__(self, marks: str, driver: int, fail: int = -1, die: int = -1):
+        self.marks, self.driver, self.fail, self.die = Path(marks), driver, fail, die
 
     def close(self) -> None:
         (self.marks / f"closed-{os.getpid()}").touch()
 
     def __call__(self, item: dict) -> dict:
-        if os.getpid() == self.driver:
-            if self.fail_here and item["n"] == 1:
-                raise ValueError("item 1 is bad")
+        early = os.getpid() == self.driver or os.getppid() == self.driver  # the driver or its child
+        if early:
+            if item["n"] == self.fail:
+                raise ValueError(f"item {self.fail} is bad")
+            if item["n"] == self.die:
+                ctypes.string_at(0)  # a segfault, as a parser's bug would end the process
             time.sleep(0.6)  # 100 of them outlast even a slow machine's Ray start, twice over
-        return {"n": item["n"], "pid": os.getpid()}
+        return {"n": item["n"], "pid": os.getpid(), "parent": os.getppid()}
+
+
+class SlowInChild(SlowHere):
+    while_ray_starts = "child"
 
 
 class NotHere(SlowHere):
-    runs_in_driver = False
+    while_ray_starts = None
+'''
 
+WHILE_RAY_STARTS = """
+import json, os, sys
 
-marks, out, fail_here = sys.argv[1], sys.argv[2], sys.argv[3] == "fail"
-worker = NotHere if sys.argv[3] == "not-here" else SlowHere
+import early_workers
+from taskray.core.console import say
+from taskray.core.raycluster import init_ray, ray_starting
+from taskray.core.runner import run_items
+from taskray.core.storage import Store
+
+marks, out, worker, args = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 init_ray(num_cpus=2, background=True)
 say("test", f"ray starting: {ray_starting()}")  # reaches stderr while Ray's start discards descriptor 2
 items = {f"i{n:03d}": {"n": n} for n in range(100)}
-args = {"marks": marks, "driver": os.getpid(), "fail_here": fail_here}
-got = dict(run_items(items, worker, Store(out), "plan", args))
+args = {"marks": marks, "driver": os.getpid(), **args}
+got = dict(run_items(items, getattr(early_workers, worker), Store(out), "plan", args))
 print(json.dumps({"driver": os.getpid(), "got": got}))
-'''
+"""
 
 
-def run_while_ray_starts(tmp_path: Path, mode: str) -> subprocess.CompletedProcess:
+def run_while_ray_starts(tmp_path: Path, worker: str, **args) -> subprocess.CompletedProcess:
     (tmp_path / "marks").mkdir()
+    (tmp_path / "early_workers.py").write_text(EARLY_WORKERS)
     script = tmp_path / "while_ray_starts.py"
     script.write_text(WHILE_RAY_STARTS)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # the actors import SlowHere from the script
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # the actors and the child import early_workers
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, str(script), str(tmp_path / "marks"), str(tmp_path / "out"), mode]
+    cmd = [
+        sys.executable,
+        str(script),
+        str(tmp_path / "marks"),
+        str(tmp_path / "out"),
+        worker,
+        json.dumps(args),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_items_run_in_the_driver_while_a_background_ray_starts_then_on_actors(tmp_path):
-    proc = run_while_ray_starts(tmp_path, "ok")
+def every_item_done(proc: subprocess.CompletedProcess) -> tuple[dict, int]:
+    """The results of a whole run of WHILE_RAY_STARTS, and its driver's pid."""
     assert proc.returncode == 0, proc.stderr
     run = json.loads(proc.stdout.strip().splitlines()[-1])
-    got, driver = run["got"], run["driver"]
-    assert {key: r["n"] for key, r in got.items()} == {f"i{n:03d}": n for n in range(100)}
+    assert {key: r["n"] for key, r in run["got"].items()} == {f"i{n:03d}": n for n in range(100)}
+    return run["got"], run["driver"]
+
+
+def test_items_run_in_the_driver_while_a_background_ray_starts_then_on_actors(tmp_path):
+    proc = run_while_ray_starts(tmp_path, "SlowHere")
+    got, driver = every_item_done(proc)
     here = [key for key, r in got.items() if r["pid"] == driver]
     assert here and len(here) < 100  # some ran while Ray started, the rest on its actors
     assert "i000" in here  # the first item did not wait for Ray
@@ -224,8 +251,9 @@ def test_items_run_in_the_driver_while_a_background_ray_starts_then_on_actors(tm
     assert proc.stderr.splitlines() == ["[test] ray starting: True"], proc.stderr
 
 
-def test_an_item_that_fails_in_the_driver_fails_the_run_like_on_an_actor(tmp_path):
-    proc = run_while_ray_starts(tmp_path, "fail")
+@pytest.mark.parametrize("worker", ["SlowHere", "SlowInChild"])  # in the driver, in its child process
+def test_an_item_that_fails_while_ray_starts_fails_the_run_like_on_an_actor(tmp_path, worker):
+    proc = run_while_ray_starts(tmp_path, worker, fail=1)
     assert proc.returncode == 1
     assert (
         "JobFailed: an item failed: ValueError: item 1 is bad; the run failed, 1 of 100 items done"
@@ -235,8 +263,58 @@ def test_an_item_that_fails_in_the_driver_fails_the_run_like_on_an_actor(tmp_pat
 
 
 def test_a_worker_that_does_not_allow_it_never_runs_in_the_driver(tmp_path):
-    proc = run_while_ray_starts(tmp_path, "not-here")
-    assert proc.returncode == 0, proc.stderr
-    run = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(run["got"]) == 100
-    assert all(r["pid"] != run["driver"] for r in run["got"].values())
+    got, driver = every_item_done(run_while_ray_starts(tmp_path, "NotHere"))
+    assert all(driver not in (r["pid"], r["parent"]) for r in got.values())
+
+
+def test_items_run_in_a_child_process_while_ray_starts_then_on_actors(tmp_path):
+    proc = run_while_ray_starts(tmp_path, "SlowInChild")
+    got, driver = every_item_done(proc)
+    assert not [key for key, r in got.items() if r["pid"] == driver]  # never in the driver itself
+    child = {r["pid"] for r in got.values() if r["parent"] == driver}
+    assert len(child) == 1  # one child process ran the early items
+    early = [key for key, r in got.items() if r["pid"] in child]
+    assert "i000" in early and len(early) < 100  # the first item did not wait for Ray; actors ran the rest
+    assert set(finished_items(Store(str(tmp_path / "out")), "plan")) == set(got)
+    assert (tmp_path / "marks" / f"closed-{child.pop()}").exists()  # the child's worker was closed
+    assert proc.stderr.splitlines() == ["[test] ray starting: True"], proc.stderr
+
+
+def test_the_early_child_process_returns_results_raises_errors_and_reports_its_death(tmp_path, monkeypatch):
+    (tmp_path / "marks").mkdir()
+    (tmp_path / "early_workers.py").write_text(EARLY_WORKERS)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the child imports early_workers, as we do
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import early_workers
+
+    marks = tmp_path / "marks"
+    args = {"marks": str(marks), "driver": os.getpid(), "fail": 1, "die": 2}
+
+    def outcome(child: InChild, key: str, n: int):
+        child.take(key, {"n": n})
+        assert child.busy()
+        while (done := child.collect(0.5)) is None:
+            pass
+        return done
+
+    child = InChild(early_workers.SlowInChild, args)
+    key, result = outcome(child, "a", 0)
+    assert key == "a" and result["n"] == 0 and result["parent"] == os.getpid() != result["pid"]
+    with pytest.raises(ValueError, match="item 1 is bad"):  # the item's own error, its type kept
+        outcome(child, "b", 1)
+    child.close(wait=True)
+    assert (marks / f"closed-{result['pid']}").exists()  # closing the child closes its worker
+
+    child = InChild(early_workers.SlowInChild, args)
+    with pytest.raises(Lost) as lost:  # the child crashed: not the item's error
+        outcome(child, "c", 2)
+    assert lost.value.key == "c" and not child.busy()
+    child.close(wait=True)
+
+
+def test_an_item_whose_child_process_crashed_runs_again_on_an_actor(tmp_path):
+    proc = run_while_ray_starts(tmp_path, "SlowInChild", die=1)
+    got, driver = every_item_done(proc)
+    assert got["i000"]["parent"] == driver  # the child ran the first item, then died on the second
+    assert got["i001"]["parent"] != driver  # which an actor ran: a crash is not the item's failure
+    assert sum(r["parent"] == driver for r in got.values()) == 1  # a child that died is not replaced

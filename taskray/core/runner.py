@@ -13,8 +13,8 @@ The runner:
   waits for the driver. An item whose actor or node died runs again on another actor, so
   infrastructure failures never become results;
 - while a local Ray is still starting in the background (raycluster.init_ray), and until its first actor
-  has an item, runs items in this process with a worker of its own, for workers that allow it
-  (`runs_in_driver`: their items cannot crash the process): a local start takes seconds;
+  has an item, runs items with a worker of its own, in this process or a child process, for workers
+  that ask for it (`while_ray_starts`, core/early.py): a local start takes seconds;
 - writes each receipt on the driver as its result arrives (after the item's output: a receipt means
   the output is whole) and yields it, so the job can show progress. Receipts are written by a few
   threads at once: one PUT at a time would cap a cluster at one item per store round trip.
@@ -28,13 +28,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from taskray.core.early import EarlyWorker, Lost, early_worker
 from taskray.core.storage import Store
 from taskray.errors import BadInput, JobFailed, TaskrayError
 
@@ -43,6 +43,7 @@ RECEIPT_WRITERS = 16  # receipts in flight at once
 MAX_ATTEMPTS = 4  # an item whose actor died this often fails the run: it is likely what kills them
 LOOK_FOR_ROOM = 1.0  # seconds between looks for free CPUs that a growing pool could start actors on
 ACTOR_EXIT_WAIT = 60.0  # seconds the end of a run waits for its actors' clean-up
+EARLY_POLL = 0.05  # seconds between looks at an item running in the early worker's child process
 
 
 def receipt_name(key: str) -> str:
@@ -116,18 +117,37 @@ def run_items(
     finished = 0
     writers = ThreadPoolExecutor(RECEIPT_WRITERS, thread_name_prefix="receipts")
     writing: set[Future] = set()
-    here = _Here(worker, worker_args or {})
+    here = early_worker(worker, worker_args or {})
+    attempts: Counter = Counter()  # an item's runs that ended with its process's death
     on_ray: list[_Actors] = []
 
     def results() -> Iterator[tuple[str, dict]]:
         left = dict(items)
-        while left and here.running():  # Ray is starting: this process runs items meanwhile
-            key = next(iter(left))
-            yield key, here.run(left.pop(key))
+
+        def collect(timeout: float) -> Iterator[tuple[str, dict]]:
+            try:
+                done = here.collect(timeout)
+            except Lost as lost:
+                attempts[lost.key] += 1
+                left[lost.key] = items[lost.key]
+            else:
+                yield from [done] if done else []
+
+        while here.running() and (left or here.busy()):  # Ray is starting: items run meanwhile
+            if left and not here.busy():
+                key = next(iter(left))
+                here.take(key, left.pop(key))
+            yield from collect(EARLY_POLL)
+        if not left and not here.busy():
+            return  # every item ran before Ray was up
         wait_for_ray()
+        while here.busy() and not left:  # the last item is in hand
+            yield from collect(EARLY_POLL)
         if left:
             plan = plan_pools(list(left), placement or {}, actors)
-            on_ray.append(_Actors(left, plan, worker, worker_args or {}, cpus_per_actor, concurrent_calls))
+            on_ray.append(
+                _Actors(left, plan, worker, worker_args or {}, cpus_per_actor, concurrent_calls, attempts)
+            )
             yield from on_ray[0].results(here)
 
     whole = False
@@ -158,43 +178,6 @@ def run_items(
             on_ray[0].close(graceful=whole)
         here.close(wait=True)
         writers.shutdown(wait=True)  # receipts of results already received are kept, even on failure
-
-
-class _Here:
-    """The job's worker in this process, running items while a local Ray starts in the background
-    (raycluster.init_ray) and until the first actor has an item, if the worker class sets
-    `runs_in_driver`: that start takes seconds in which Ray's own processes leave about half the CPUs
-    idle. Built like in an actor, when first needed; closed once the actors run (in a thread: containers,
-    say, take a moment to go)."""
-
-    def __init__(self, worker: Callable[..., Callable[[dict], dict]], worker_args: dict):
-        from taskray.core.raycluster import ray_starting
-
-        self.worker, self.args = worker, worker_args
-        # Only a worker that says so runs here: one that parses untrusted data in-process (a scan's blobs)
-        # could crash the driver, where an actor's death would be retried and then named.
-        self.wanted = ray_starting() and getattr(worker, "runs_in_driver", False)
-        self.built: Any = None
-        self.closing: threading.Thread | None = None
-
-    def running(self) -> bool:
-        """Whether Ray is still starting (so items are run here)."""
-        from taskray.core.raycluster import ray_starting
-
-        return self.wanted and ray_starting()
-
-    def run(self, item: dict) -> dict:
-        if self.built is None:
-            self.built = self.worker(**self.args)
-        return self.built(item)
-
-    def close(self, wait: bool = False) -> None:
-        self.wanted = False
-        if self.built is not None and self.closing is None and hasattr(self.built, "close"):
-            self.closing = threading.Thread(target=self.built.close, name="close-worker-here")
-            self.closing.start()
-        if wait and self.closing is not None:
-            self.closing.join(ACTOR_EXIT_WAIT)  # as long as the actors' clean-up is waited for
 
 
 def plan_pools(
@@ -265,6 +248,7 @@ class _Actors:
         worker_args: dict,
         cpus_per_actor: float,
         concurrent_calls: int,
+        attempts: Counter,
     ):
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -275,7 +259,7 @@ class _Actors:
         self.starting: dict[Any, tuple[_Pool, Any]] = {}  # an actor's readiness: its pool and actor
         self.ending: list = []  # retired actors' clean-ups
         self.retired: list = []  # and the actors
-        self.attempts: Counter = Counter()  # an item's calls that ended with its actor's death
+        self.attempts = attempts  # an item's calls that ended with its actor's (or early worker's) death
         self.alone: set = set()  # actors running an item whose actor died before, and nothing else
         self.failed_starts = 0
         self.asked_autoscaler = False
@@ -297,9 +281,9 @@ class _Actors:
     def _fitting(self, cpus: float) -> int:
         return max(1, int(cpus // max(self.cpus, 1e-9)))
 
-    def results(self, here: _Here) -> Iterator[tuple[str, dict]]:
+    def results(self, here: EarlyWorker) -> Iterator[tuple[str, dict]]:
         """(key, result) of every item, as each finishes. Until an actor has an item, `here` (the worker
-        that ran items while Ray started, if any) goes on running them: the actors take a moment to
+        that ran items while Ray started, if any) goes on taking them: the actors take a moment to
         start."""
         import ray
 
@@ -307,16 +291,24 @@ class _Actors:
             self._balance(pool)
         self._ask_autoscaler()
         looked = time.monotonic()
-        while self.calls or any(pool.todo for pool in self.pools):
+        while self.calls or here.busy() or any(pool.todo for pool in self.pools):
             wait = LOOK_FOR_ROOM
             if here.wanted and not self.calls:
-                pool = next(pool for pool in self.pools if pool.todo)
-                key = pool.todo.popleft()
-                yield key, here.run(self.items[key])
-                wait = 0  # only a look at the actors starting
+                pool = next((pool for pool in self.pools if pool.todo), None)
+                if pool and not here.busy():
+                    key = pool.todo.popleft()
+                    here.take(key, self.items[key])
             elif here.wanted:
-                here.close()
+                here.stop()
             waiting = [*self.calls, *self.starting]
+            if here.busy():
+                try:
+                    done = here.collect(0 if waiting else EARLY_POLL)
+                except Lost as lost:
+                    self._lost(lost.key)
+                else:
+                    yield from [done] if done else []
+                wait = EARLY_POLL if here.busy() else 0
             ready, _ = ray.wait(waiting, num_returns=1, timeout=wait) if waiting else ([], [])
             for ref in ready:
                 if ref in self.starting:
@@ -326,6 +318,15 @@ class _Actors:
             if time.monotonic() - looked >= LOOK_FOR_ROOM:
                 self._grow()
                 looked = time.monotonic()
+
+    def _lost(self, key: str) -> None:
+        """The early worker's child died with `key` in hand: it runs on an actor, as if one had died."""
+        self.attempts[key] += 1
+        if self.attempts[key] >= MAX_ATTEMPTS:
+            raise JobFailed(f"item {key}: its worker died {self.attempts[key]} times")
+        pool = self.pools[-1]  # the unplaced items' pool, if there is one
+        pool.todo.appendleft(key)
+        self._balance(pool)
 
     def _start(self, pool: _Pool) -> None:
         actor = pool.actor_class.remote(*self.args)

@@ -31,7 +31,7 @@ CONCURRENT_BATCHES = 2  # per actor: a container freed by a fast job takes the n
 class EvalWorker:
     """The runner's worker: owns `containers` warm sandboxes; runs a batch of jobs on all of them."""
 
-    runs_in_driver = True  # the samples run in containers: nothing in a batch can crash the process
+    while_ray_starts = "driver"  # the samples run in containers: nothing in a batch can crash the process
 
     def __init__(self, containers: int, limits: dict, fresh: bool):
         from taskray.sandbox.pool import SandboxPool

@@ -119,19 +119,21 @@ def scan_piece(item: dict, out_url: str) -> dict:
     """Read one piece's rows, build its catalog rows, write them atomically."""
     piece = Piece(**{**item, "row_groups": tuple(item["row_groups"])})
     store = Store(out_url)
-    parts, row, compressed = [], piece.start, 0
+    # the piece's catalog columns, built into one table at the end: one conversion per column, not one
+    # per batch (the rows are small; the blobs are not kept)
+    columns: dict[str, list] = {name: [] for name in CATALOG_SCHEMA.names}
+    row, compressed = piece.start, 0
     for paths, blobs in iter_task_batches(piece.shard, list(piece.row_groups), BATCH_ROWS):
         take = min(len(paths), piece.stop - row)
         if take <= 0:
             break
         paths, blobs = paths[:take], blobs[:take]
         compressed += sum(len(b or b"") for b in blobs)
-        parts.append(
-            pa.table(scan_blobs(piece.source, piece.shard, row, paths, blobs), schema=CATALOG_SCHEMA)
-        )
+        for name, values in scan_blobs(piece.source, piece.shard, row, paths, blobs).items():
+            columns[name].extend(values)
         row += take
         del blobs  # the blob column goes as soon as it is parsed
-    table = pa.concat_tables(parts) if parts else CATALOG_SCHEMA.empty_table()
+    table = pa.table(columns, schema=CATALOG_SCHEMA)
     store.put_staged(piece.out, lambda local: pq.write_table(table, local, compression="zstd"))
     return {
         "out": piece.out,
@@ -145,6 +147,11 @@ class PieceScanner:
     piece: each task paid a worker lease and a scheduling round trip (a few percent of a full piece's
     work, most of a shard's small last piece), while an actor keeps its imports warm and always has the
     next piece queued."""
+
+    # While a local Ray starts, pieces run in a child process of the driver (core/early.py), not in the
+    # driver: the blobs are untrusted and parsed partly in C, so a crash must end a process whose piece
+    # is run again, never the run.
+    while_ray_starts = "child"
 
     def __init__(self, out_url: str) -> None:
         self.out_url = out_url
@@ -286,8 +293,8 @@ def scan(
         store.delete("summary.json")  # the catalog is about to change: no longer a finished scan
     rows = 0
     if todo:
-        init_ray(num_cpus)
-        progress = Progress("scan", len(todo))  # rates count scanning, not Ray start-up
+        init_ray(num_cpus, background=True)  # pieces run in a child process until Ray is up
+        progress = Progress("scan", len(todo))
         finished, nbytes = 0, 0
         for _, stats in run_items(todo, PieceScanner, store, plan_id, worker_args={"out_url": out}):
             finished += 1
