@@ -164,13 +164,18 @@ import time
 from pathlib import Path
 
 
+class OddError(Exception):
+    def __init__(self, what: str, why: str):  # its pickle cannot be rebuilt: Exception pickles args
+        super().__init__(f"{what}: {why}")
+
+
 class SlowHere:
     """Slow outside the actors (so Ray comes up while items are left), quick on them."""
 
     while_ray_starts = "driver"
 
-    def __init__(self, marks: str, driver: int, fail: int = -1, die: int = -1):
-        self.marks, self.driver, self.fail, self.die = Path(marks), driver, fail, die
+    def __init__(self, marks: str, driver: int, fail: int = -1, die: int = -1, odd: int = -1):
+        self.marks, self.driver, self.fail, self.die, self.odd = Path(marks), driver, fail, die, odd
 
     def close(self) -> None:
         (self.marks / f"closed-{os.getpid()}").touch()
@@ -180,6 +185,8 @@ class SlowHere:
         if early:
             if item["n"] == self.fail:
                 raise ValueError(f"item {self.fail} is bad")
+            if item["n"] == self.odd:
+                raise OddError(f"item {self.odd}", "odd")
             if item["n"] == self.die:
                 ctypes.string_at(0)  # a segfault, as a parser's bug would end the process
             time.sleep(0.6)  # 100 of them outlast even a slow machine's Ray start, twice over
@@ -288,7 +295,7 @@ def test_the_early_child_process_returns_results_raises_errors_and_reports_its_d
     import early_workers
 
     marks = tmp_path / "marks"
-    args = {"marks": str(marks), "driver": os.getpid(), "fail": 1, "die": 2}
+    args = {"marks": str(marks), "driver": os.getpid(), "fail": 1, "die": 2, "odd": 3}
 
     def outcome(child: InChild, key: str, n: int):
         child.take(key, {"n": n})
@@ -302,6 +309,8 @@ def test_the_early_child_process_returns_results_raises_errors_and_reports_its_d
     assert key == "a" and result["n"] == 0 and result["parent"] == os.getpid() != result["pid"]
     with pytest.raises(ValueError, match="item 1 is bad"):  # the item's own error, its type kept
         outcome(child, "b", 1)
+    with pytest.raises(RuntimeError, match="OddError: item 3: odd"):  # one that does not unpickle: said
+        outcome(child, "d", 3)
     child.close(wait=True)
     assert (marks / f"closed-{result['pid']}").exists()  # closing the child closes its worker
 

@@ -214,13 +214,19 @@ def child_main() -> None:
                 raise broken
             reply = ("ok", worker(item))
         except Exception as err:
-            reply = ("error", err)
+            reply = ("error", _portable(err))
         try:
-            try:
-                conn.send(reply)
-            except (pickle.PicklingError, TypeError, AttributeError):  # an error that does not pickle
-                conn.send(("error", RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")))
+            conn.send(reply)
         except OSError:  # the driver is gone
             break
     if hasattr(worker, "close"):
         worker.close()
+
+
+def _portable(err: Exception) -> Exception:
+    """`err`, if the driver can rebuild it from its pickle; else a plain error saying the same."""
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        return RuntimeError(f"{type(err).__name__}: {err}")
